@@ -1,0 +1,270 @@
+"""The ``otel-feedback`` command: argument parsing only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import (
+    OTEL_FEEDBACK_DB,
+    OTEL_FEEDBACK_URL,
+    Settings,
+)
+from .errors import ConfigError, OtelFeedbackError
+from .output import TEXT_FORMATS, file_format, write_file, write_text
+from .store import Store
+from .store.query import check_sql, parse_param
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Our errors become one ``Error: ...`` line and exit code 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (OtelFeedbackError, ConfigError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _read_sql(sql: str) -> str:
+    if sql == "-":
+        return sys.stdin.read()
+    return sql
+
+
+def db_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--db",
+        envvar=OTEL_FEEDBACK_DB,
+        default=None,
+        metavar="PATH",
+        help="DuckDB file. [env: OTEL_FEEDBACK_DB; default: otel-feedback.duckdb]",
+    )(fn)
+
+
+def source_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Where a query runs (a file, or a running server) and its bound parameters."""
+    fn = click.option(
+        "-p",
+        "--param",
+        "params",
+        type=(str, str),
+        multiple=True,
+        metavar="NAME VALUE",
+        help="Bind $NAME in the SQL to VALUE (numbers become numbers). Repeatable.",
+    )(fn)
+    fn = click.option(
+        "--url",
+        envvar=OTEL_FEEDBACK_URL,
+        default=None,
+        help="Query a running server at this URL instead of the file. [env: OTEL_FEEDBACK_URL]",
+    )(fn)
+    return db_option(fn)
+
+
+def _params(pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {name.lstrip("$"): parse_param(value) for name, value in pairs}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="otel-feedback")
+def cli() -> None:
+    """Users' feedback and evaluators' scores next to your OpenTelemetry traces, in one DuckDB file."""
+
+
+@cli.command()
+@click.argument("sql")
+@source_options
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(TEXT_FORMATS),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Stop after this many rows.")
+@_errors
+def query(
+    sql: str, db: str | None, url: str | None, params: tuple[tuple[str, str], ...], fmt: str, max_rows: int | None
+) -> None:
+    """Run one SQL statement against the database and print the rows.
+
+    SQL may be "-" to read it from standard input. Tables and views: spans, traces, feedback,
+    annotations, orphan_feedback, span_log, feedback_log, log_records (see the README).
+    """
+    sql = _read_sql(sql)
+    bound = _params(params)
+    if url:
+        from .client import query_server
+
+        result = query_server(url, sql, bound, max_rows=max_rows)
+        write_text(fmt, result.columns, result.types, [result.rows], sys.stdout)
+        if result.truncated:
+            click.echo(f"(truncated at {len(result.rows)} rows)", err=True)
+        return
+    settings = Settings.load(db=db)
+    check_sql(sql, _ANY)
+    with Store(settings.db, read_only=True) as store:
+        columns, types, chunks = store.stream(sql, bound)
+        if max_rows is not None:
+            chunks = _limit(chunks, max_rows)
+        write_text(fmt, columns, types, chunks, sys.stdout)
+
+
+def _limit(chunks: Any, n: int) -> Any:
+    for chunk in chunks:
+        if len(chunk) >= n:
+            yield chunk[:n]
+            return
+        n -= len(chunk)
+        yield chunk
+
+
+def _any_statement_types() -> frozenset[Any]:
+    import duckdb
+
+    return frozenset(duckdb.StatementType.__members__.values())
+
+
+_ANY = _any_statement_types()
+
+
+@cli.command()
+@click.argument("sql")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    help="File to write; the format follows its extension (.parquet, .csv, .jsonl).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "csv", "jsonl"]),
+    default=None,
+    help="Format, when the extension does not say.",
+)
+@source_options
+@_errors
+def export(
+    sql: str, output: str, fmt: str | None, db: str | None, url: str | None, params: tuple[tuple[str, str], ...]
+) -> None:
+    """Write the result of a query to a Parquet, CSV or JSON-lines file (e.g. a dataset of bad answers)."""
+    sql = _read_sql(sql)
+    kind = file_format(output, fmt)
+    bound = _params(params)
+    if url:
+        from .client import arrow_from_server
+
+        reader, json_cols = arrow_from_server(url, sql, bound)
+        rows = write_file(reader, output, kind, json_cols)
+    else:
+        settings = Settings.load(db=db)
+        with Store(settings.db, read_only=True) as store:
+            reader, json_cols = store.batches(check_sql(sql, _ANY), bound)
+            rows = write_file(reader, output, kind, json_cols)
+    click.echo(f"wrote {rows} row{'s' if rows != 1 else ''} to {output} ({kind})", err=True)
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--host",
+    envvar="OTEL_FEEDBACK_HOST",
+    default=None,
+    help="Address to listen on. [env: OTEL_FEEDBACK_HOST; default: 127.0.0.1]",
+)
+@click.option(
+    "--grpc-port",
+    envvar="OTEL_FEEDBACK_GRPC_PORT",
+    type=int,
+    default=None,
+    help="OTLP/gRPC and FeedbackService port (0: any free). [env: OTEL_FEEDBACK_GRPC_PORT; default: 4317]",
+)
+@click.option(
+    "--http-port",
+    envvar="OTEL_FEEDBACK_HTTP_PORT",
+    type=int,
+    default=None,
+    help="OTLP/HTTP, feedback and query API port (0: any free). [env: OTEL_FEEDBACK_HTTP_PORT; default: 4318]",
+)
+@click.option(
+    "--forward-to",
+    envvar="OTEL_FEEDBACK_FORWARD_TO",
+    default=None,
+    metavar="URL",
+    help="Also re-export everything received to this OTLP/gRPC endpoint. [env: OTEL_FEEDBACK_FORWARD_TO]",
+)
+@click.option(
+    "--config",
+    "config_path",
+    envvar="OTEL_FEEDBACK_CONFIG",
+    default=None,
+    metavar="FILE",
+    help="JSON file declaring feedback names and types. [env: OTEL_FEEDBACK_CONFIG]",
+)
+@click.option(
+    "--strict/--no-strict",
+    envvar="OTEL_FEEDBACK_STRICT",
+    default=None,
+    help="Refuse feedback names the config does not declare. [env: OTEL_FEEDBACK_STRICT]",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let web pages from ORIGIN call the HTTP API (repeatable; * for any). "
+    "[env: OTEL_FEEDBACK_CORS_ORIGINS, comma-separated]",
+)
+@_errors
+def serve(
+    db: str | None,
+    host: str | None,
+    grpc_port: int | None,
+    http_port: int | None,
+    forward_to: str | None,
+    config_path: str | None,
+    strict: bool | None,
+    cors_origins: tuple[str, ...],
+) -> None:
+    """Receive OTLP traces and logs, and feedback, into the DuckDB file until stopped (Ctrl-C)."""
+    import logging
+
+    from .server import PortInUse, Server
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings.load(
+        db=db,
+        host=host,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        forward_to=forward_to,
+        config=config_path,
+        strict=strict,
+        cors_origins=cors_origins or None,
+    )
+    server = Server(settings)
+    try:
+        server.start()
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"otel-feedback {__version__} writing {settings.db}\n"
+        f"  OTLP/gRPC + FeedbackService  {server.grpc_target}\n"
+        f"  OTLP/HTTP, feedback, query   {server.http_url}\n"
+        "Ctrl-C to stop.",
+    )
+    sys.stdout.flush()
+    server.serve_forever(announce=lambda m: click.echo(m, err=True))

@@ -1,0 +1,192 @@
+"""Every ``OTEL_FEEDBACK_*`` setting: its name, default and meaning, in one place.
+
+Precedence is always: an explicit argument (or CLI flag), then the environment variable, then the
+default below. No other module reads ``os.environ``. A bad value raises :class:`ConfigError` naming
+the variable, so a server refuses to start instead of guessing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+OTEL_FEEDBACK_DB = "OTEL_FEEDBACK_DB"
+"""Path of the DuckDB file. Default: ``otel-feedback.duckdb`` in the working directory."""
+
+OTEL_FEEDBACK_HOST = "OTEL_FEEDBACK_HOST"
+"""Address ``serve`` listens on. Default ``127.0.0.1`` (loopback only); use ``0.0.0.0`` to accept others."""
+
+OTEL_FEEDBACK_GRPC_PORT = "OTEL_FEEDBACK_GRPC_PORT"
+"""Port of the OTLP/gRPC receiver (and the FeedbackService). Default 4317; 0 picks a free port."""
+
+OTEL_FEEDBACK_HTTP_PORT = "OTEL_FEEDBACK_HTTP_PORT"
+"""Port of the OTLP/HTTP receiver and the feedback/query HTTP API. Default 4318; 0 picks a free port."""
+
+OTEL_FEEDBACK_URL = "OTEL_FEEDBACK_URL"
+"""Base URL of a running server, used by ``query``/``export``/``FeedbackClient``. Default: none."""
+
+OTEL_FEEDBACK_QUEUE_ROWS = "OTEL_FEEDBACK_QUEUE_ROWS"
+"""Most rows waiting for the writer before new work is refused with a retryable error. Default 200000."""
+
+OTEL_FEEDBACK_COMMIT_ROWS = "OTEL_FEEDBACK_COMMIT_ROWS"
+"""Rows the writer gathers into one transaction at most (group commit). Default 50000."""
+
+OTEL_FEEDBACK_MAX_BODY_BYTES = "OTEL_FEEDBACK_MAX_BODY_BYTES"
+"""Largest request accepted, after decompression, on gRPC and HTTP. Default 67108864 (64 MiB, OTLP's advice)."""
+
+OTEL_FEEDBACK_MAX_ATTRIBUTE_BYTES = "OTEL_FEEDBACK_MAX_ATTRIBUTE_BYTES"
+"""Largest single attribute value kept on a span; longer strings are cut and the span's
+``dropped_attributes_count`` is not changed but ``otel_feedback.truncated_keys`` names them. Default 1048576."""
+
+OTEL_FEEDBACK_FEEDBACK_EVENTS = "OTEL_FEEDBACK_FEEDBACK_EVENTS"
+"""Comma-separated event names that carry feedback (log records and span events).
+Default ``user_feedback,feedback``; ``gen_ai.evaluation.result`` is always recognised."""
+
+OTEL_FEEDBACK_MAX_COMMENT_BYTES = "OTEL_FEEDBACK_MAX_COMMENT_BYTES"
+"""Longest free-text feedback value (comment, explanation, any string attribute in a patch). Default 16384."""
+
+OTEL_FEEDBACK_MAX_PATCH_KEYS = "OTEL_FEEDBACK_MAX_PATCH_KEYS"
+"""Most attributes one feedback record may set. Default 128."""
+
+OTEL_FEEDBACK_STRICT = "OTEL_FEEDBACK_STRICT"
+"""``true`` refuses feedback names that are not declared in the feedback config. Default ``false``."""
+
+OTEL_FEEDBACK_CONFIG = "OTEL_FEEDBACK_CONFIG"
+"""Path of a JSON file declaring feedback names and types (see README). Default: none."""
+
+OTEL_FEEDBACK_CORS_ORIGINS = "OTEL_FEEDBACK_CORS_ORIGINS"
+"""Comma-separated origins allowed to call the HTTP API from a browser (``*`` for any). Default: none."""
+
+OTEL_FEEDBACK_QUERY_MAX_ROWS = "OTEL_FEEDBACK_QUERY_MAX_ROWS"
+"""Row cap of a query sent to a running server; more rows are cut and reported as truncated. Default 10000."""
+
+OTEL_FEEDBACK_QUERY_TIMEOUT_MS = "OTEL_FEEDBACK_QUERY_TIMEOUT_MS"
+"""Time limit of a query sent to a running server, in milliseconds. Default 30000."""
+
+OTEL_FEEDBACK_FORWARD_TO = "OTEL_FEEDBACK_FORWARD_TO"
+"""OTLP/gRPC endpoint (``http://host:port``) that ``serve`` re-exports everything it receives to. Default: none."""
+
+DEFAULT_DB = "otel-feedback.duckdb"
+
+
+def _parse_int(name: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Build with :meth:`Settings.load`; every field has an env var above."""
+
+    db: str = DEFAULT_DB
+    host: str = "127.0.0.1"
+    grpc_port: int = 4317
+    http_port: int = 4318
+    url: str | None = None
+    queue_rows: int = 200_000
+    commit_rows: int = 50_000
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_attribute_bytes: int = 1024 * 1024
+    feedback_events: tuple[str, ...] = ("user_feedback", "feedback")
+    max_comment_bytes: int = 16 * 1024
+    max_patch_keys: int = 128
+    strict: bool = False
+    config: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    query_max_rows: int = 10_000
+    query_timeout_ms: int = 30_000
+    forward_to: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``overrides`` (``None`` means "not given"), then ``env``, then defaults."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            given = overrides.pop(f.name, None)
+            if given is not None:
+                values[f.name] = given
+                continue
+            var = f"OTEL_FEEDBACK_{f.name.upper()}"
+            raw = env.get(var)
+            if raw is None:
+                continue
+            default = f.default
+            if isinstance(default, bool):
+                values[f.name] = _parse_bool(var, raw)
+            elif isinstance(default, int):
+                values[f.name] = _parse_int(var, raw, 0)
+            elif isinstance(default, tuple):
+                values[f.name] = _parse_list(raw)
+            else:
+                values[f.name] = raw or None if f.name in ("url", "config", "forward_to") else raw
+        if overrides:
+            raise TypeError(f"unknown settings: {', '.join(sorted(overrides))}")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the variable of the first bad value."""
+        for name in ("grpc_port", "http_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"OTEL_FEEDBACK_{name.upper()} must be a port 0-65535, got {port}")
+        for name in (
+            "queue_rows",
+            "commit_rows",
+            "max_body_bytes",
+            "max_attribute_bytes",
+            "max_comment_bytes",
+            "max_patch_keys",
+            "query_max_rows",
+            "query_timeout_ms",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"OTEL_FEEDBACK_{name.upper()} must be >= 1, got {getattr(self, name)}")
+        if self.commit_rows > self.queue_rows:
+            raise ConfigError(
+                f"OTEL_FEEDBACK_COMMIT_ROWS ({self.commit_rows}) must not exceed "
+                f"OTEL_FEEDBACK_QUEUE_ROWS ({self.queue_rows})"
+            )
+        if not self.db:
+            raise ConfigError("OTEL_FEEDBACK_DB must not be empty")
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated."""
+        new = replace(self, **changes)
+        new.validate()
+        return new
+
+
+ENV_VARS = {
+    name: value
+    for name, value in dict(globals()).items()
+    if name.startswith("OTEL_FEEDBACK_") and isinstance(value, str)
+}
+"""Every environment variable this package reads (used by the docs test)."""

@@ -1,0 +1,379 @@
+"""OTLP protobuf messages -> Arrow tables of the shapes in :mod:`otel_feedback.model`. No I/O.
+
+One private function per message type; ``decode_traces`` and ``decode_logs`` are the entry points.
+This walk is the ingest hot path (Python touches every span and attribute), so it avoids per-value
+indirection where it can: attribute values are turned into Python objects by one function with the
+common cases first, and each resource's and scope's JSON is computed once, not per span.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from .model import LOG_SCHEMA, SPAN_KINDS, SPAN_SCHEMA, STATUS_CODES, FeedbackEvent
+
+ANNOTATION_PREFIXES = ("annotations.", "trace.annotations.", "session.annotations.", "evaluations.")
+"""Attribute prefixes that make a span an OpenInference annotation carrier."""
+
+EVALUATION_EVENT = "gen_ai.evaluation.result"
+
+_dumps = orjson.dumps
+_OPT = orjson.OPT_NON_STR_KEYS
+
+
+@dataclass
+class Decoded:
+    """What one export request turned into."""
+
+    table: pa.Table
+    rejected: int = 0
+    messages: list[str] = field(default_factory=list)
+    feedback: list[FeedbackEvent] = field(default_factory=list)
+
+    @property
+    def error_message(self) -> str:
+        """All problems in one line, for OTLP partial success (empty when there were none)."""
+        if len(self.messages) > 5:
+            return "; ".join(self.messages[:5]) + f"; and {len(self.messages) - 5} more"
+        return "; ".join(self.messages)
+
+
+class _Limits:
+    __slots__ = ("max_attribute_bytes", "truncated")
+
+    def __init__(self, max_attribute_bytes: int) -> None:
+        self.max_attribute_bytes = max_attribute_bytes
+        self.truncated = 0
+
+
+def _float(x: float) -> float | str:
+    if math.isfinite(x):
+        return x
+    return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+
+
+def _value(v: Any, limits: _Limits) -> Any:
+    """One ``AnyValue`` as a JSON-ready Python value."""
+    which = v.WhichOneof("value")
+    if which == "string_value":
+        s = v.string_value
+        if len(s) > limits.max_attribute_bytes:
+            limits.truncated += 1
+            return s[: limits.max_attribute_bytes]
+        return s
+    if which == "int_value":
+        return v.int_value
+    if which == "bool_value":
+        return v.bool_value
+    if which == "double_value":
+        d = v.double_value
+        return d if math.isfinite(d) else _float(d)
+    if which == "array_value":
+        return [_value(x, limits) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _value(kv.value, limits) for kv in v.kvlist_value.values}
+    if which == "bytes_value":
+        b = v.bytes_value
+        if len(b) > limits.max_attribute_bytes:
+            limits.truncated += 1
+            b = b[: limits.max_attribute_bytes]
+        return base64.b64encode(b).decode("ascii")
+    return None
+
+
+def any_value(v: Any, max_bytes: int = 1024 * 1024) -> Any:
+    """One OTLP ``AnyValue`` as a plain Python value (None when it holds nothing)."""
+    return _value(v, _Limits(max_bytes))
+
+
+def key_values(kvs: Iterable[Any], max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+    """OTLP ``KeyValue``s as a dict of plain Python values."""
+    return _attributes(kvs, _Limits(max_bytes))
+
+
+def _attributes(kvs: Iterable[Any], limits: _Limits) -> dict[str, Any]:
+    return {kv.key: _value(kv.value, limits) for kv in kvs}
+
+
+def _json(obj: Any) -> str:
+    return _dumps(obj, option=_OPT).decode()
+
+
+def _hex_id(raw: bytes, size: int) -> str | None:
+    """Lowercase hex of an id of ``size`` bytes; None when it is not a valid id."""
+    if len(raw) != size or not any(raw):
+        return None
+    return raw.hex()
+
+
+def _resource(resource: Any, limits: _Limits) -> tuple[dict[str, Any], str, str | None]:
+    attrs = _attributes(resource.attributes, limits)
+    service = attrs.get("service.name")
+    return attrs, _json(attrs), service if isinstance(service, str) else None
+
+
+def _scope(scope: Any, limits: _Limits) -> tuple[str | None, str | None, str | None]:
+    attrs = _json(_attributes(scope.attributes, limits)) if len(scope.attributes) else None
+    return scope.name or None, scope.version or None, attrs
+
+
+def _events(span: Any, limits: _Limits) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": e.name,
+            "time_unix_nano": e.time_unix_nano,
+            "attributes": _attributes(e.attributes, limits),
+            **({"dropped_attributes_count": e.dropped_attributes_count} if e.dropped_attributes_count else {}),
+        }
+        for e in span.events
+    ]
+
+
+def _links(span: Any, limits: _Limits) -> list[dict[str, Any]]:
+    out = []
+    for link in span.links:
+        item: dict[str, Any] = {
+            "trace_id": link.trace_id.hex(),
+            "span_id": link.span_id.hex(),
+            "attributes": _attributes(link.attributes, limits),
+        }
+        if link.trace_state:
+            item["trace_state"] = link.trace_state
+        if link.flags:
+            item["flags"] = link.flags
+        if link.dropped_attributes_count:
+            item["dropped_attributes_count"] = link.dropped_attributes_count
+        out.append(item)
+    return out
+
+
+def _feedback_from_span(
+    trace_id: str,
+    span_id: str,
+    attrs: dict[str, Any],
+    events: list[dict[str, Any]],
+    links: list[dict[str, Any]],
+    end_ns: int,
+    feedback_events: frozenset[str],
+    out: list[FeedbackEvent],
+) -> None:
+    """Span events named as feedback, and OpenInference annotation carrier spans."""
+    for e in events:
+        if e["name"] in feedback_events or e["name"] == EVALUATION_EVENT:
+            ea = e["attributes"]
+            out.append(
+                FeedbackEvent(
+                    channel="span_event",
+                    event_name=e["name"],
+                    trace_id=ea.get("feedback.trace_id") or trace_id,
+                    span_id=ea.get("feedback.span_id") or (None if "feedback.trace_id" in ea else span_id),
+                    time_ns=e["time_unix_nano"] or end_ns,
+                    attributes=ea,
+                    record_id=f"{trace_id}{span_id}:{e['name']}:{e['time_unix_nano']}",
+                )
+            )
+    if any(k.startswith(ANNOTATION_PREFIXES) for k in attrs):
+        target_trace, target_span = (links[0]["trace_id"], links[0]["span_id"]) if links else (trace_id, span_id)
+        out.append(
+            FeedbackEvent(
+                channel="openinference",
+                event_name="openinference.annotation",
+                trace_id=target_trace,
+                span_id=target_span,
+                time_ns=end_ns,
+                attributes=attrs,
+                record_id=f"{trace_id}{span_id}:annotations",
+            )
+        )
+
+
+def decode_traces(
+    request: ExportTraceServiceRequest,
+    *,
+    max_attribute_bytes: int = 1024 * 1024,
+    feedback_events: Iterable[str] = ("user_feedback", "feedback"),
+    received_at_ns: int | None = None,
+) -> Decoded:
+    """Spans of an OTLP trace export request as a ``span_log`` Arrow table.
+
+    Spans with invalid ids are left out and counted in ``rejected``; over-long attribute values are
+    cut to ``max_attribute_bytes`` and reported in ``messages`` (the span is kept).
+    """
+    received = received_at_ns if received_at_ns is not None else time.time_ns()
+    limits = _Limits(max_attribute_bytes)
+    fb_names = frozenset(feedback_events)
+    cols: dict[str, list[Any]] = {name: [] for name in SPAN_SCHEMA.names}
+    c_trace, c_span, c_parent = cols["trace_id"], cols["span_id"], cols["parent_span_id"]
+    c_state, c_flags, c_name, c_kind = cols["trace_state"], cols["flags"], cols["name"], cols["kind"]
+    c_start, c_end, c_dur = cols["start_time"], cols["end_time"], cols["duration_ms"]
+    c_scode, c_smsg = cols["status_code"], cols["status_message"]
+    c_service, c_sname, c_sver = cols["service_name"], cols["scope_name"], cols["scope_version"]
+    c_session, c_request = cols["session_id"], cols["client_request_id"]
+    c_attrs, c_rattrs, c_sattrs = cols["attributes"], cols["resource_attributes"], cols["scope_attributes"]
+    c_events, c_links = cols["events"], cols["links"]
+    c_dattr, c_devent, c_dlink = (
+        cols["dropped_attributes_count"],
+        cols["dropped_events_count"],
+        cols["dropped_links_count"],
+    )
+    rejected = 0
+    messages: list[str] = []
+    feedback: list[FeedbackEvent] = []
+    kinds, codes = SPAN_KINDS, STATUS_CODES
+    for rs in request.resource_spans:
+        _, rjson, service = _resource(rs.resource, limits)
+        for ss in rs.scope_spans:
+            sname, sver, sattrs = _scope(ss.scope, limits)
+            for span in ss.spans:
+                trace_id = _hex_id(span.trace_id, 16)
+                span_id = _hex_id(span.span_id, 8)
+                parent_raw = span.parent_span_id
+                parent = _hex_id(parent_raw, 8) if parent_raw else None
+                if trace_id is None or span_id is None or (parent_raw and parent is None):
+                    rejected += 1
+                    if len(messages) < 20:
+                        messages.append(
+                            f"span {span.name!r}: invalid "
+                            + ("trace_id" if trace_id is None else "span_id" if span_id is None else "parent_span_id")
+                            + f" ({len(span.trace_id if trace_id is None else span.span_id if span_id is None else parent_raw)}"
+                            " bytes or all zero; trace_id must be 16 bytes, span ids 8)"
+                        )
+                    continue
+                start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                attrs = _attributes(span.attributes, limits)
+                events = _events(span, limits) if len(span.events) else None
+                links = _links(span, limits) if len(span.links) else None
+                c_trace.append(trace_id)
+                c_span.append(span_id)
+                c_parent.append(parent)
+                c_state.append(span.trace_state or None)
+                c_flags.append(span.flags or None)
+                c_name.append(span.name)
+                k = span.kind
+                c_kind.append(kinds[k] if 0 <= k < 6 else str(k))
+                c_start.append(start)
+                c_end.append(end)
+                c_dur.append((end - start) / 1e6)
+                code = span.status.code
+                c_scode.append(codes[code] if 0 <= code < 3 else str(code))
+                c_smsg.append(span.status.message or None)
+                c_service.append(service)
+                c_sname.append(sname)
+                c_sver.append(sver)
+                sid = attrs.get("session.id")
+                c_session.append(None if sid is None else str(sid))
+                rid = attrs.get("client_request_id")
+                c_request.append(None if rid is None else str(rid))
+                c_attrs.append(_json(attrs))
+                c_rattrs.append(rjson)
+                c_sattrs.append(sattrs)
+                c_events.append(_json(events) if events else None)
+                c_links.append(_json(links) if links else None)
+                c_dattr.append(span.dropped_attributes_count)
+                c_devent.append(span.dropped_events_count)
+                c_dlink.append(span.dropped_links_count)
+                if events or (attrs and _has_annotations(attrs)):
+                    _feedback_from_span(trace_id, span_id, attrs, events or [], links or [], end, fb_names, feedback)
+    n = len(c_trace)
+    cols["received_at"] = [received] * n
+    if limits.truncated:
+        messages.append(
+            f"{limits.truncated} attribute value(s) longer than {max_attribute_bytes} bytes were truncated "
+            "(OTEL_FEEDBACK_MAX_ATTRIBUTE_BYTES)"
+        )
+    table = pa.Table.from_pydict(cols, schema=SPAN_SCHEMA)
+    return Decoded(table=table, rejected=rejected, messages=messages, feedback=feedback)
+
+
+def _has_annotations(attrs: dict[str, Any]) -> bool:
+    return any(k.startswith(ANNOTATION_PREFIXES) for k in attrs)
+
+
+def decode_logs(
+    request: ExportLogsServiceRequest,
+    *,
+    max_attribute_bytes: int = 1024 * 1024,
+    feedback_events: Iterable[str] = ("user_feedback", "feedback"),
+    received_at_ns: int | None = None,
+) -> Decoded:
+    """Log records of an OTLP logs export request as a ``log_records`` Arrow table.
+
+    Records whose event name (``event_name`` field, else an ``event.name`` attribute) is a feedback
+    event or ``gen_ai.evaluation.result`` are also returned as :class:`FeedbackEvent`\\ s.
+    Records with a malformed trace or span id are rejected (an absent id is fine).
+    """
+    received = received_at_ns if received_at_ns is not None else time.time_ns()
+    limits = _Limits(max_attribute_bytes)
+    fb_names = frozenset(feedback_events) | {EVALUATION_EVENT}
+    cols: dict[str, list[Any]] = {name: [] for name in LOG_SCHEMA.names}
+    rejected = 0
+    messages: list[str] = []
+    feedback: list[FeedbackEvent] = []
+    for rl in request.resource_logs:
+        _, rjson, service = _resource(rl.resource, limits)
+        for sl in rl.scope_logs:
+            sname, sver, _ = _scope(sl.scope, limits)
+            for rec in sl.log_records:
+                raw_t, raw_s = rec.trace_id, rec.span_id
+                trace_id = _hex_id(raw_t, 16) if raw_t else None
+                span_id = _hex_id(raw_s, 8) if raw_s else None
+                if (raw_t and trace_id is None) or (raw_s and span_id is None):
+                    rejected += 1
+                    if len(messages) < 20:
+                        messages.append(
+                            f"log record: invalid {'trace_id' if raw_t and trace_id is None else 'span_id'} "
+                            "(trace_id must be 16 bytes, span_id 8, not all zero)"
+                        )
+                    continue
+                attrs = _attributes(rec.attributes, limits)
+                body = _value(rec.body, limits) if rec.HasField("body") else None
+                event_name = rec.event_name or None
+                if event_name is None:
+                    en = attrs.get("event.name")
+                    event_name = en if isinstance(en, str) and en else None
+                t = rec.time_unix_nano or rec.observed_time_unix_nano or received
+                cols["time"].append(rec.time_unix_nano or None)
+                cols["observed_time"].append(rec.observed_time_unix_nano or None)
+                cols["trace_id"].append(trace_id)
+                cols["span_id"].append(span_id)
+                cols["flags"].append(rec.flags or None)
+                cols["severity_number"].append(rec.severity_number or None)
+                cols["severity_text"].append(rec.severity_text or None)
+                cols["event_name"].append(event_name)
+                cols["body"].append(None if body is None else _json(body))
+                cols["attributes"].append(_json(attrs))
+                cols["resource_attributes"].append(rjson)
+                cols["service_name"].append(service)
+                cols["scope_name"].append(sname)
+                cols["scope_version"].append(sver)
+                cols["dropped_attributes_count"].append(rec.dropped_attributes_count)
+                if event_name in fb_names:
+                    feedback.append(
+                        FeedbackEvent(
+                            channel="otlp_log",
+                            event_name=event_name,
+                            trace_id=trace_id,
+                            span_id=span_id,
+                            time_ns=t,
+                            attributes=attrs,
+                            body=body,
+                        )
+                    )
+    cols["received_at"] = [received] * len(cols["time"])
+    if limits.truncated:
+        messages.append(
+            f"{limits.truncated} attribute value(s) longer than {max_attribute_bytes} bytes were truncated "
+            "(OTEL_FEEDBACK_MAX_ATTRIBUTE_BYTES)"
+        )
+    table = pa.Table.from_pydict(cols, schema=LOG_SCHEMA)
+    return Decoded(table=table, rejected=rejected, messages=messages, feedback=feedback)

@@ -1,0 +1,112 @@
+"""The two operations every way in ends in: append spans (and log records), append feedback.
+
+Shared by the gRPC receiver, the HTTP API and the in-process paths, so that an OTLP request means
+the same thing whichever transport carried it. ``Ingest`` decodes, pulls feedback out of the
+telemetry, hands the rows to the store's writer and waits until they are committed: a caller that
+gets a return value may acknowledge; any exception is one of :mod:`otel_feedback.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from . import feedback as fb
+from .config import Settings
+from .decode import Decoded, decode_logs, decode_traces
+from .model import FeedbackRow
+
+_log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where rows go: a :class:`otel_feedback.store.Store` (or a recording sink in tests)."""
+
+    def append(self, tables: dict[str, pa.Table], timeout: float | None = ...) -> int: ...
+
+
+class Forward(Protocol):
+    def traces(self, request: ExportTraceServiceRequest) -> None: ...
+    def logs(self, request: ExportLogsServiceRequest) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """What became of one request: rows accepted, rows rejected, and a message for partial success."""
+
+    accepted: int
+    rejected: int
+    message: str
+
+
+class Ingest:
+    def __init__(
+        self,
+        sink: Sink,
+        settings: Settings,
+        config: fb.FeedbackConfig | None = None,
+        forward: Forward | None = None,
+        commit_timeout: float = 30.0,
+    ) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.config = config or fb.FeedbackConfig(strict=settings.strict)
+        self.limits = fb.Limits(settings.max_comment_bytes, settings.max_patch_keys)
+        self.forward = forward
+        self.commit_timeout = commit_timeout
+
+    def _with_feedback(self, decoded: Decoded, main_table: str) -> tuple[dict[str, pa.Table], list[str]]:
+        tables = {main_table: decoded.table}
+        messages = list(decoded.messages)
+        if decoded.feedback:
+            rows, problems = fb.rows_from_events(decoded.feedback, self.settings, self.config)
+            messages.extend(problems)
+            if rows:
+                tables["feedback_log"] = fb.to_table(rows)
+        return tables, messages
+
+    def traces(self, request: ExportTraceServiceRequest) -> Outcome:
+        s = self.settings
+        decoded = decode_traces(request, max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events)
+        tables, messages = self._with_feedback(decoded, "span_log")
+        self.sink.append(tables, timeout=self.commit_timeout)
+        if self.forward is not None:
+            self.forward.traces(request)
+        return Outcome(decoded.table.num_rows, decoded.rejected, _join(messages))
+
+    def logs(self, request: ExportLogsServiceRequest) -> Outcome:
+        s = self.settings
+        decoded = decode_logs(request, max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events)
+        tables, messages = self._with_feedback(decoded, "log_records")
+        self.sink.append(tables, timeout=self.commit_timeout)
+        if self.forward is not None:
+            self.forward.logs(request)
+        return Outcome(decoded.table.num_rows, decoded.rejected, _join(messages))
+
+    def feedback(self, rows: Sequence[FeedbackRow]) -> int:
+        """Append validated feedback rows; returns once they are committed."""
+        if not rows:
+            return 0
+        return self.sink.append({"feedback_log": fb.to_table(rows)}, timeout=self.commit_timeout)
+
+    # parsing helpers for the feedback ways in, with this server's limits and config
+    def parse_record(self, body: Any, **kwargs: Any) -> FeedbackRow:
+        return fb.parse_record(body, limits=self.limits, config=self.config, **kwargs)
+
+    def parse_batch(self, body: Any, channel: str) -> list[FeedbackRow]:
+        return fb.parse_batch(body, channel=channel, limits=self.limits, config=self.config)
+
+    def parse_phoenix(self, body: Any, level: str) -> list[FeedbackRow]:
+        return fb.parse_phoenix(body, level=level, limits=self.limits, config=self.config)
+
+
+def _join(messages: list[str]) -> str:
+    if len(messages) > 5:
+        return "; ".join(messages[:5]) + f"; and {len(messages) - 5} more"
+    return "; ".join(messages)

@@ -1,0 +1,173 @@
+"""``POST /v1/query`` (and ``GET /v1/query?sql=...``): read-only SQL against the running server's file.
+
+Layers, each enough on its own for most escapes:
+1. DuckDB's own parser: exactly one statement, and it must be a SELECT (``check_sql``);
+2. the statement runs inside a transaction that is always rolled back, so nothing it could
+   change survives;
+3. the engine is locked down at server start (``enable_external_access=false`` - no files, no
+   ATTACH, no INSTALL - and ``lock_configuration=true`` - no SET);
+4. a row cap (``truncated``) and a time limit (interrupt; the error names the setting).
+
+Answers JSON (default), CSV, NDJSON or Arrow IPC stream, chosen by ``format`` or the Accept header.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .config import Settings
+from .errors import InvalidRequest
+from .output import dumps, iter_delimited, iter_ndjson
+from .store import Store
+from .store.query import check_sql, run
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+FORMATS = {"json": "application/json", "csv": "text/csv", "ndjson": "application/x-ndjson", "arrow": ARROW_STREAM}
+_ACCEPT = {v: k for k, v in FORMATS.items()}
+
+
+def _format(request: Request, given: Any) -> str:
+    if given is not None:
+        if given not in FORMATS:
+            raise InvalidRequest(f"format: must be one of {', '.join(FORMATS)}, got {given!r}")
+        return str(given)
+    for part in request.headers.get("accept", "").split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in _ACCEPT:
+            return _ACCEPT[media]
+    return "json"
+
+
+class QueryEndpoint:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def __call__(self, request: Request) -> Response:
+        if request.method == "GET":
+            q = request.query_params
+            body: dict[str, Any] = {"sql": q.get("sql"), "format": q.get("format")}
+            if q.get("max_rows"):
+                body["max_rows"] = q.get("max_rows")
+            body["params"] = {k[2:]: v for k, v in q.items() if k.startswith("p.")}
+        else:
+            from .api import parse_json, read_body
+
+            body = parse_json(await read_body(request, 1024 * 1024))
+            if not isinstance(body, dict):
+                raise InvalidRequest('body: expected {"sql": "...", "params": {...}}')
+            unknown = sorted(set(body) - {"sql", "params", "format", "max_rows"})
+            if unknown:
+                raise InvalidRequest(f"body: unknown field {unknown[0]!r}; allowed: format, max_rows, params, sql")
+        sql = body.get("sql")
+        if not isinstance(sql, str):
+            raise InvalidRequest("sql: required, a string")
+        params = body.get("params") or None
+        if params is not None and not isinstance(params, dict | list):
+            raise InvalidRequest("params: must be an object of name -> value (or a list for ? placeholders)")
+        fmt = _format(request, body.get("format"))
+        cap = self.settings.query_max_rows
+        max_rows = body.get("max_rows", cap)
+        try:
+            max_rows = int(max_rows)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"max_rows: must be an integer, got {max_rows!r}") from None
+        if max_rows < 1:
+            raise InvalidRequest("max_rows: must be >= 1")
+        max_rows = min(max_rows, cap)
+        statement = check_sql(sql)
+        if fmt == "arrow":
+            table, truncated = await run_in_threadpool(self._arrow, statement, params, max_rows)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            return Response(
+                sink.getvalue().to_pybytes(),
+                200,
+                {"X-Otel-Feedback-Truncated": str(truncated).lower()},
+                media_type=ARROW_STREAM,
+            )
+        result = await run_in_threadpool(self._rows, statement, params, max_rows)
+        headers = {"X-Otel-Feedback-Truncated": str(result.truncated).lower()}
+        if fmt == "json":
+            json_idx = [i for i, t in enumerate(result.types) if t == "JSON"]
+            rows = [_json_cells(r, json_idx) for r in result.rows] if json_idx else result.rows
+            payload = {
+                "ok": True,
+                "columns": result.columns,
+                "types": result.types,
+                "rows": rows,
+                "row_count": len(result.rows),
+                "truncated": result.truncated,
+            }
+            return Response(dumps(payload), 200, headers, media_type="application/json")
+        if fmt == "csv":
+            text = "".join(iter_delimited(result.columns, [result.rows]))
+            return Response(text, 200, headers, media_type="text/csv")
+        data = b"".join(iter_ndjson(result.columns, result.types, [result.rows]))
+        return Response(data, 200, headers, media_type="application/x-ndjson")
+
+    def _run_rolled_back(self, fn: Any) -> Any:
+        cur = self.store.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                return fn(cur)
+            finally:
+                try:
+                    cur.execute("ROLLBACK")
+                except Exception:
+                    pass
+        finally:
+            cur.close()
+
+    def _rows(self, sql: str, params: Any, max_rows: int) -> Any:
+        return self._run_rolled_back(
+            lambda cur: run(cur, sql, params, max_rows=max_rows, timeout_ms=self.settings.query_timeout_ms)
+        )
+
+    def _arrow(self, sql: str, params: Any, max_rows: int) -> tuple[pa.Table, bool]:
+        def fetch(cur: Any) -> tuple[pa.Table, bool]:
+            import duckdb
+
+            from .errors import QueryError, QueryTimeout
+            from .store.query import _Interrupter
+
+            with _Interrupter(cur, self.settings.query_timeout_ms) as guard:
+                try:
+                    reader = cur.sql(sql, params=params).to_arrow_reader(min(max_rows + 1, 65_536))
+                    batches = []
+                    n = 0
+                    for batch in reader:
+                        batches.append(batch)
+                        n += batch.num_rows
+                        if n > max_rows:
+                            break
+                    table = pa.Table.from_batches(batches, schema=reader.schema)
+                except duckdb.Error as exc:
+                    if guard.fired or isinstance(exc, duckdb.InterruptException):
+                        raise QueryTimeout(
+                            f"the query ran longer than {self.settings.query_timeout_ms} ms and was stopped "
+                            "(raise OTEL_FEEDBACK_QUERY_TIMEOUT_MS)"
+                        ) from None
+                    raise QueryError(str(exc)) from None
+            return table.slice(0, max_rows), table.num_rows > max_rows
+
+        return self._run_rolled_back(fetch)
+
+
+def _json_cells(row: tuple[Any, ...], idx: list[int]) -> list[Any]:
+    out = list(row)
+    for i in idx:
+        if isinstance(out[i], str):
+            try:
+                out[i] = orjson.loads(out[i])
+            except orjson.JSONDecodeError:
+                pass
+    return out

@@ -1,0 +1,210 @@
+"""Composition root of ``otel-feedback serve``: what starts in which order, and how it stops.
+
+Start: open the store (migrating it), bind both ports (a taken port is one clear error before
+anything serves), start gRPC, start HTTP (uvicorn on a thread of its own), print where it listens.
+Stop (SIGINT/SIGTERM, or :meth:`Server.stop`): refuse new requests on both transports, let in-flight
+requests finish (they wait for their commit), drain the writer, checkpoint and close the file.
+A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+
+from . import feedback as fb
+from .api import Api
+from .config import Settings
+from .errors import ConfigError, InvalidRequest
+from .forward import Forwarder
+from .ingest import Ingest
+from .receiver import LOGS_SERVICE, TRACE_SERVICE, make_server, otlp_handlers
+from .store import Store
+
+_log = logging.getLogger(__name__)
+
+
+class PortInUse(OSError):
+    """A port the server needs is taken."""
+
+
+def _bind(host: str, port: int, setting: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortInUse(
+            f"cannot listen on {host}:{port} ({exc.strerror}); choose another port with {setting}"
+        ) from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def load_feedback_config(settings: Settings) -> fb.FeedbackConfig:
+    if not settings.config:
+        return fb.FeedbackConfig(strict=settings.strict)
+    path = Path(settings.config)
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"OTEL_FEEDBACK_CONFIG: cannot read {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"OTEL_FEEDBACK_CONFIG: {path} is not valid JSON: {exc}") from None
+    try:
+        return fb.FeedbackConfig.from_json(doc, strict=settings.strict, where=str(path))
+    except InvalidRequest as exc:
+        raise ConfigError(f"OTEL_FEEDBACK_CONFIG: {exc}") from None
+
+
+class Server:
+    """Everything ``serve`` runs, in one process. ``start()`` returns once both ports accept."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: Store | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self._grpc: Any = None
+        self._health: Any = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+        self._forwarder: Forwarder | None = None
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+        self.ingest: Ingest | None = None
+
+    @property
+    def http_url(self) -> str:
+        host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        host = self.settings.host if self.settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"{host}:{self.grpc_port}"
+
+    def start(self) -> Server:
+        s = self.settings
+        config = load_feedback_config(s)
+        http_sock = _bind(s.host, s.http_port, "--http-port / OTEL_FEEDBACK_HTTP_PORT")
+        try:
+            self.store = Store(s.db, queue_rows=s.queue_rows, commit_rows=s.commit_rows, lockdown=True)
+            if s.forward_to:
+                self._forwarder = Forwarder(s.forward_to)
+            self.ingest = Ingest(self.store, s, config, forward=self._forwarder)
+            from .queryapi import QueryEndpoint
+            from .service import SERVICE, feedback_handlers
+
+            handlers = otlp_handlers(self.ingest) + feedback_handlers(self.ingest)
+            try:
+                self._grpc, self.grpc_port, self._health = make_server(
+                    handlers,
+                    s.host,
+                    s.grpc_port,
+                    max_message_bytes=s.max_body_bytes,
+                    service_names=(TRACE_SERVICE, LOGS_SERVICE, SERVICE),
+                )
+            except OSError as exc:
+                raise PortInUse(f"{exc}; choose another port with --grpc-port / OTEL_FEEDBACK_GRPC_PORT") from None
+            self.http_port = http_sock.getsockname()[1]
+            api = Api(self.ingest, query=QueryEndpoint(self.store, s))
+            self._grpc.start()
+            self._start_http(api, http_sock)
+        except BaseException:
+            http_sock.close()
+            self._close_quietly()
+            raise
+        return self
+
+    def _start_http(self, api: Api, sock: socket.socket) -> None:
+        config = uvicorn.Config(
+            api.app(), log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=30
+        )
+        server = uvicorn.Server(config)
+        self._uvicorn = server
+
+        def run() -> None:
+            asyncio.run(server.serve(sockets=[sock]))
+
+        self._http_thread = threading.Thread(target=run, name="otel-feedback-http", daemon=True)
+        self._http_thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not self._http_thread.is_alive():
+                raise RuntimeError("the HTTP server failed to start (see the log above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start within 30 s")
+            time.sleep(0.01)
+
+    def _close_quietly(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(None)
+        if self._forwarder is not None:
+            self._forwarder.close(1_000)
+        if self.store is not None:
+            self.store.close()
+
+    def stop(self, timeout_millis: int = 30_000) -> bool:
+        """Stop accepting, finish in-flight requests, drain the writer, close the file. Idempotent."""
+        with self._stop_lock:
+            if self._stopped:
+                return True
+            self._stopped = True
+        deadline = time.monotonic() + timeout_millis / 1000
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        grpc_done = self._grpc.stop(grace=min(left(), 10.0)) if self._grpc is not None else None
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._http_thread is not None:
+            self._http_thread.join(left())
+        if grpc_done is not None:
+            grpc_done.wait(left())
+        if self._forwarder is not None:
+            self._forwarder.close(int(min(left(), 5.0) * 1000))
+        ok = True
+        if self.store is not None:
+            ok = self.store.close(timeout_millis=left() * 1000)
+        return ok
+
+    def serve_forever(self, announce: Any = print) -> None:
+        """Run until SIGINT or SIGTERM; a second signal exits immediately."""
+        stop = threading.Event()
+        signals = 0
+
+        def on_signal(signum: int, frame: Any) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                announce("otel-feedback: second signal, exiting now")
+                os._exit(130)
+            announce(f"otel-feedback: {signal.Signals(signum).name} received, shutting down (again to force)")
+            stop.set()
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stop.wait(0.5):
+                pass
+            ok = self.stop()
+            announce("otel-feedback: stopped" + ("" if ok else " (the writer did not finish in time)"))
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)

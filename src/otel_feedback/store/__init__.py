@@ -1,0 +1,251 @@
+"""The store: one DuckDB file, its schema and views, the one writer, and read-only queries.
+
+``Store(path)`` opens the file read-write (creating it, migrating it, installing the views and
+starting the writer); ``Store(path, read_only=True)`` opens it for queries only. Only this package
+opens DuckDB.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ..errors import DatabaseLocked, QueryError, SchemaError, StoreUnavailable
+from . import query as _query
+from .schema import SCHEMA_VERSION, check_version, file_version, migrate
+from .views import VIEWS
+from .writer import TABLE_ORDER, Writer, WriterStats
+
+__all__ = ["SCHEMA_VERSION", "TABLE_ORDER", "Store", "WriterStats", "shared_store"]
+
+_log = logging.getLogger(__name__)
+
+_LOCK_RE = re.compile(r"Could not set lock on file(?:.*?\(PID (\d+)\))?", re.S)
+
+
+def _open(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    if read_only and path != ":memory:" and not Path(path).exists():
+        raise SchemaError(f"{path} does not exist (nothing has been written there yet)")
+    try:
+        return duckdb.connect(path, read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        m = _LOCK_RE.search(text)
+        if m:
+            pid = f" (PID {m.group(1)})" if m.group(1) else ""
+            raise DatabaseLocked(
+                f"{path} is in use by another process{pid}, probably `otel-feedback serve`; DuckDB lets "
+                "no other process open it meanwhile. Query the running server instead: "
+                'otel-feedback query --url http://127.0.0.1:4318 "SQL" (or stop the server).'
+            ) from None
+        raise SchemaError(f"cannot open {path}: {text}") from None
+    except duckdb.ConnectionException as exc:
+        if not read_only or "different configuration" not in str(exc):
+            raise SchemaError(f"cannot open {path}: {exc}") from None
+        # This process already holds the file read-write (a notebook that ran configure() and now wants to
+        # look): DuckDB refuses a second, read-only instance, but a plain connection shares the open one.
+        # The Store still refuses writes, because it was asked to be read-only.
+        try:
+            return duckdb.connect(path)
+        except duckdb.Error as again:
+            raise SchemaError(f"cannot open {path}: {again}") from None
+
+
+class Store:
+    """An open otel-feedback database file."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        read_only: bool = False,
+        queue_rows: int = 200_000,
+        commit_rows: int = 50_000,
+        lockdown: bool = False,
+    ) -> None:
+        """``lockdown`` (for a server answering others' SQL) turns off all file and network access
+        from SQL and locks the configuration, for this process's whole database instance."""
+        from .. import __version__
+
+        self.path = str(path)
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._closed = False
+        self._con = _open(self.path, read_only)
+        try:
+            if read_only:
+                version = file_version(self._con)
+                if version == 0:
+                    raise SchemaError(f"{self.path} is not an otel-feedback database (no _migrations table)")
+                check_version(version, self.path)
+                self.writer: Writer | None = None
+            else:
+                migrate(self._con, self.path, __version__)
+                for _name, ddl in VIEWS:
+                    self._con.execute(ddl)
+                if lockdown:
+                    self._con.execute("SET enable_external_access = false")
+                    self._con.execute("SET lock_configuration = true")
+                self.writer = Writer(self._con, queue_rows=queue_rows, commit_rows=commit_rows)
+        except BaseException:
+            self._con.close()
+            raise
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _writer(self) -> Writer:
+        if self.writer is None:
+            raise StoreUnavailable(f"{self.path} is open read-only")
+        return self.writer
+
+    def submit(self, tables: Mapping[str, pa.Table]) -> Future[int]:
+        """Queue rows; the future completes when they are committed. Never blocks."""
+        return self._writer().submit(tables)
+
+    def append(self, tables: Mapping[str, pa.Table], timeout: float | None = 60.0) -> int:
+        """Queue rows and wait until they are committed; the number of rows."""
+        future = self.submit(tables)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            raise StoreUnavailable(f"the writer did not commit within {timeout} s") from None
+
+    def call(self, fn: Any, timeout: float | None = 60.0) -> Any:
+        """Run ``fn(connection)`` in a transaction on the writer thread and return its result."""
+        return self._writer().call(fn).result(timeout)
+
+    def flush(self, timeout_millis: float | None = 30_000) -> bool:
+        """Wait until everything queued is committed; False on timeout."""
+        return True if self.writer is None else self.writer.flush(timeout_millis)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own for reading on the calling thread (close it when done)."""
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            return self._con.cursor()
+
+    def query(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | Sequence[Any] | None = None,
+        *,
+        max_rows: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> _query.Result:
+        """Run one statement on a fresh cursor and return its rows."""
+        cur = self.cursor()
+        try:
+            return _query.run(cur, sql, params, max_rows=max_rows, timeout_ms=timeout_ms)
+        finally:
+            cur.close()
+
+    def arrow(self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> pa.Table:
+        """The full result of one statement as an Arrow table."""
+        cur = self.cursor()
+        try:
+            return cur.sql(sql, params=params or None).to_arrow_table()
+        finally:
+            cur.close()
+
+    def stream(
+        self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None, chunk_rows: int = 10_000
+    ) -> tuple[list[str], list[str], Any]:
+        """Columns, DuckDB type names and an iterator of row chunks (holds a cursor until exhausted)."""
+        return _query.stream(self.cursor(), sql, params, chunk_rows=chunk_rows)
+
+    def batches(
+        self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None, batch_rows: int = 65_536
+    ) -> tuple[pa.RecordBatchReader, list[str]]:
+        """The result as a stream of Arrow record batches, and the names of its JSON-typed columns."""
+        cur = self.cursor()
+        try:
+            rel = cur.sql(sql, params=params or None)
+            json_cols = [name for name, t in zip(rel.columns, rel.types, strict=True) if str(t) == "JSON"]
+            return rel.to_arrow_reader(batch_rows), json_cols
+        except duckdb.Error as exc:
+            cur.close()
+            raise QueryError(str(exc)) from None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self, timeout_millis: float | None = 30_000) -> bool:
+        """Commit what is queued, stop the writer and close the file. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return True
+            self._closed = True
+        done = True
+        if self.writer is not None:
+            done = self.writer.close(timeout_millis)
+            if not done:
+                _log.error("otel-feedback: the writer did not finish within %s ms; not closing", timeout_millis)
+                return False
+            try:
+                self._con.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                _log.warning("otel-feedback: checkpoint at close failed: %s", exc)
+        self._con.close()
+        _SHARED.discard(self)
+        return done
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Shared:
+    """Stores shared inside one process, by resolved path, so the exporter and ``record_feedback``
+    write through the same writer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stores: dict[str, Store] = {}
+
+    def get(self, path: str | Path, **kwargs: Any) -> Store:
+        key = str(Path(path).resolve()) if str(path) != ":memory:" else ":memory:"
+        with self._lock:
+            store = self._stores.get(key)
+            if store is None or store.closed:
+                store = Store(path, **kwargs)
+                self._stores[key] = store
+            return store
+
+    def discard(self, store: Store) -> None:
+        with self._lock:
+            for key, value in list(self._stores.items()):
+                if value is store:
+                    del self._stores[key]
+
+
+_SHARED = _Shared()
+
+
+@atexit.register
+def _close_shared() -> None:
+    """Close stores opened for in-process use at interpreter exit (commits what is queued, checkpoints)."""
+    for store in list(_SHARED._stores.values()):
+        store.close()
+
+
+def shared_store(path: str | Path, **kwargs: Any) -> Store:
+    """The process's read-write :class:`Store` for ``path``, opened on first use."""
+    return _SHARED.get(path, **kwargs)

@@ -1,0 +1,171 @@
+"""Table DDL as ordered, named migrations, recorded in ``_migrations`` and applied at open.
+
+A migration is never edited once released: add a new one. ``SCHEMA_VERSION`` is the number of
+migrations this version knows; a file recording more is refused (it was written by a newer version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import duckdb
+
+from ..errors import SchemaError
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change: SQL statements run in a single transaction."""
+
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_initial",
+        """
+        CREATE TABLE span_log (
+            trace_id VARCHAR NOT NULL,
+            span_id VARCHAR NOT NULL,
+            parent_span_id VARCHAR,
+            trace_state VARCHAR,
+            flags BIGINT,
+            name VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            start_time TIMESTAMP_NS NOT NULL,
+            end_time TIMESTAMP_NS NOT NULL,
+            duration_ms DOUBLE NOT NULL,
+            status_code VARCHAR NOT NULL,
+            status_message VARCHAR,
+            service_name VARCHAR,
+            scope_name VARCHAR,
+            scope_version VARCHAR,
+            session_id VARCHAR,
+            client_request_id VARCHAR,
+            attributes JSON NOT NULL,
+            resource_attributes JSON NOT NULL,
+            scope_attributes JSON,
+            events JSON,
+            links JSON,
+            dropped_attributes_count BIGINT NOT NULL DEFAULT 0,
+            dropped_events_count BIGINT NOT NULL DEFAULT 0,
+            dropped_links_count BIGINT NOT NULL DEFAULT 0,
+            received_at TIMESTAMP_NS NOT NULL
+        );
+        CREATE TABLE log_records (
+            time TIMESTAMP_NS,
+            observed_time TIMESTAMP_NS,
+            trace_id VARCHAR,
+            span_id VARCHAR,
+            flags BIGINT,
+            severity_number BIGINT,
+            severity_text VARCHAR,
+            event_name VARCHAR,
+            body JSON,
+            attributes JSON NOT NULL,
+            resource_attributes JSON NOT NULL,
+            service_name VARCHAR,
+            scope_name VARCHAR,
+            scope_version VARCHAR,
+            dropped_attributes_count BIGINT NOT NULL DEFAULT 0,
+            received_at TIMESTAMP_NS NOT NULL
+        );
+        CREATE TABLE feedback_log (
+            seq BIGINT NOT NULL,
+            feedback_id VARCHAR NOT NULL,
+            trace_id VARCHAR,
+            span_id VARCHAR,
+            target_key VARCHAR,
+            target_value VARCHAR,
+            attributes JSON NOT NULL,
+            name VARCHAR,
+            label VARCHAR,
+            score DOUBLE,
+            explanation VARCHAR,
+            expected JSON,
+            error VARCHAR,
+            metadata JSON,
+            annotator_kind VARCHAR,
+            source_id VARCHAR,
+            feedback_time TIMESTAMP_NS NOT NULL,
+            received_at TIMESTAMP_NS NOT NULL,
+            channel VARCHAR NOT NULL
+        );
+        CREATE TABLE feedback_config (
+            name VARCHAR NOT NULL,
+            type VARCHAR NOT NULL,
+            labels VARCHAR[],
+            min_value DOUBLE,
+            max_value DOUBLE,
+            description VARCHAR,
+            declared_at TIMESTAMP_NS NOT NULL
+        );
+        """,
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_MIGRATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS _migrations (
+    version INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    package_version VARCHAR
+)
+"""
+
+
+def file_version(con: duckdb.DuckDBPyConnection) -> int:
+    """Schema version recorded in the open file (0 for a new, empty file)."""
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_migrations' AND database_name = current_database()"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = con.execute("SELECT coalesce(max(version), 0) FROM _migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_version(version: int, path: str, known: int = SCHEMA_VERSION) -> None:
+    """Refuse a file written by a newer otel-feedback."""
+    if version > known:
+        raise SchemaError(
+            f"{path} has schema version {version}, but this otel-feedback knows only up to "
+            f"{known}: it was written by a newer version. Upgrade otel-feedback "
+            "(pip install -U otel-feedback) to open it."
+        )
+
+
+def migrate(
+    con: duckdb.DuckDBPyConnection,
+    path: str,
+    package_version: str,
+    migrations: tuple[Migration, ...] = MIGRATIONS,
+    on_applied: Callable[[Migration], None] | None = None,
+) -> list[str]:
+    """Apply the migrations the file lacks, each in its own transaction; return their names."""
+    con.execute(_MIGRATIONS_DDL)
+    current = file_version(con)
+    check_version(current, path, len(migrations))
+    applied = []
+    for version, migration in enumerate(migrations, start=1):
+        if version <= current:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(migration.sql)
+            con.execute(
+                "INSERT INTO _migrations (version, name, package_version) VALUES (?, ?, ?)",
+                [version, migration.name, package_version],
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(migration.name)
+        if on_applied:
+            on_applied(migration)
+    return applied

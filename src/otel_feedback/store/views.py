@@ -1,0 +1,336 @@
+"""The views that compute current state from the append-only tables. Nothing is updated in place.
+
+Order of creation matters (later views read earlier ones); ``VIEWS`` keeps it. Every view is
+``CREATE OR REPLACE``d at each read-write open, so a newer package always installs its own views.
+
+Merge rule (``spans``): a span's current attributes are its own attributes with every feedback patch
+that targets it applied per key, last writer wins, ordered by the time the feedback was given, then
+by arrival (``seq``). A JSON ``null`` removes the key. Duplicates (same ``feedback_id``; a span
+stored twice after a client retry) count once.
+"""
+
+from __future__ import annotations
+
+FEEDBACK = """
+CREATE OR REPLACE VIEW feedback AS
+SELECT * FROM feedback_log
+QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY seq) = 1
+"""
+
+SPAN_ROWS = """
+CREATE OR REPLACE VIEW span_rows AS
+SELECT * FROM span_log
+QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY received_at) = 1
+"""
+
+FEEDBACK_TARGETS = """
+CREATE OR REPLACE VIEW feedback_targets AS
+-- a span named by trace and span id
+SELECT f.feedback_id, f.trace_id, f.span_id
+FROM feedback f WHERE f.trace_id IS NOT NULL AND f.span_id IS NOT NULL
+UNION ALL
+-- a span named by span id alone (Phoenix's span annotations): find its trace
+SELECT f.feedback_id, s.trace_id, s.span_id
+FROM feedback f JOIN (SELECT DISTINCT trace_id, span_id FROM span_log) s ON s.span_id = f.span_id
+WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL
+UNION ALL
+-- a trace: its root span(s)
+SELECT f.feedback_id, r.trace_id, r.span_id
+FROM feedback f
+JOIN (SELECT DISTINCT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL) r ON r.trace_id = f.trace_id
+WHERE f.trace_id IS NOT NULL AND f.span_id IS NULL
+UNION ALL
+-- an attribute value (session.id, client_request_id): the root span of every trace carrying it
+SELECT f.feedback_id, r.trace_id, r.span_id
+FROM feedback f
+JOIN (
+    SELECT DISTINCT 'session.id' AS target_key, session_id AS target_value, trace_id
+    FROM span_log WHERE session_id IS NOT NULL
+    UNION
+    SELECT DISTINCT 'client_request_id', client_request_id, trace_id
+    FROM span_log WHERE client_request_id IS NOT NULL
+) a ON a.target_key = f.target_key AND a.target_value = f.target_value
+JOIN (SELECT DISTINCT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL) r ON r.trace_id = a.trace_id
+WHERE f.trace_id IS NULL AND f.span_id IS NULL
+"""
+
+FEEDBACK_AS_OF = """
+CREATE OR REPLACE MACRO feedback_as_of(as_of, by_arrival) AS TABLE
+SELECT * FROM feedback
+WHERE CASE WHEN by_arrival THEN received_at ELSE feedback_time END <= as_of
+"""
+
+FEEDBACK_PATCHES = """
+CREATE OR REPLACE MACRO feedback_patches_as_of(as_of, by_arrival) AS TABLE
+WITH f AS (
+    SELECT * FROM feedback_as_of(as_of, by_arrival)
+), kv AS (
+    SELECT t.trace_id, t.span_id, f.feedback_id, f.feedback_time, f.seq,
+           unnest(map_entries(json_transform(f.attributes, '"MAP(VARCHAR, JSON)"')), recursive := true)
+    FROM f JOIN feedback_targets t USING (feedback_id)
+    WHERE f.attributes <> '{}'
+), latest AS (
+    SELECT trace_id, span_id, key, arg_max_null(value, (feedback_time, seq)) AS value
+    FROM kv GROUP BY ALL
+), counts AS (
+    SELECT t.trace_id, t.span_id, count(*) AS feedback_count, max(f.feedback_time) AS last_feedback_time
+    FROM f JOIN feedback_targets t USING (feedback_id)
+    GROUP BY ALL
+)
+SELECT c.trace_id, c.span_id, l.patch, c.feedback_count, c.last_feedback_time
+FROM counts c
+LEFT JOIN (SELECT trace_id, span_id, json_group_object(key, value) AS patch FROM latest GROUP BY ALL) l
+    USING (trace_id, span_id)
+"""
+
+SPANS_AS_OF = """
+CREATE OR REPLACE MACRO spans_as_of(as_of, by_arrival := false) AS TABLE
+WITH merged AS (
+    SELECT s.* EXCLUDE (attributes),
+           CASE WHEN p.patch IS NULL THEN s.attributes ELSE json_merge_patch(s.attributes, p.patch) END
+               AS attributes,
+           s.attributes AS span_attributes,
+           coalesce(p.feedback_count, 0) AS feedback_count,
+           p.last_feedback_time
+    FROM span_rows s
+    LEFT JOIN feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival) p USING (trace_id, span_id)
+)
+SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time, duration_ms,
+       status_code, status_message, attributes,
+       attributes->>'user_feedback' AS user_feedback,
+       TRY_CAST(attributes->>'user_feedback_rating' AS DOUBLE) AS user_feedback_rating,
+       attributes->>'user_feedback_category' AS user_feedback_category,
+       attributes->>'user_feedback_comment' AS user_feedback_comment,
+       CASE WHEN attributes->>'user_feedback_timestamp' IS NOT NULL THEN
+           coalesce(
+               TRY_CAST(TRY_CAST(attributes->>'user_feedback_timestamp' AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
+                        AS TIMESTAMP_NS),
+               TRY_CAST(attributes->>'user_feedback_timestamp' AS TIMESTAMP_NS))
+       END AS user_feedback_timestamp,
+       feedback_count, last_feedback_time,
+       * EXCLUDE (trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time,
+                  duration_ms, status_code, status_message, attributes, feedback_count, last_feedback_time)
+FROM merged
+"""
+
+SPANS = """
+CREATE OR REPLACE VIEW spans AS SELECT * FROM spans_as_of('infinity'::TIMESTAMP_NS, false)
+"""
+
+ORPHAN_FEEDBACK = """
+CREATE OR REPLACE VIEW orphan_feedback AS
+SELECT f.* FROM feedback f
+ANTI JOIN (
+    SELECT t.feedback_id FROM feedback_targets t
+    SEMI JOIN span_log s ON s.trace_id = t.trace_id AND s.span_id = t.span_id
+) found ON found.feedback_id = f.feedback_id
+"""
+
+ANNOTATIONS = """
+CREATE OR REPLACE VIEW annotations AS
+SELECT t.trace_id, t.span_id, f.name, f.label, f.score, f.explanation, f.expected, f.error, f.metadata,
+       f.annotator_kind, f.source_id, f.feedback_time, f.received_at, f.feedback_id, f.channel,
+       count(*) OVER (PARTITION BY t.trace_id, t.span_id, f.name, f.annotator_kind, f.source_id) AS versions
+FROM feedback f JOIN feedback_targets t USING (feedback_id)
+WHERE f.name IS NOT NULL
+QUALIFY row_number() OVER (
+    PARTITION BY t.trace_id, t.span_id, f.name, f.annotator_kind, f.source_id
+    ORDER BY f.feedback_time DESC, f.seq DESC) = 1
+"""
+
+TRACES = """
+CREATE OR REPLACE VIEW traces AS
+WITH agg AS (
+    SELECT trace_id,
+           min(start_time) AS start_time,
+           max(end_time) AS end_time,
+           count(*) AS span_count,
+           count(*) FILTER (WHERE status_code = 'ERROR') AS error_count,
+           sum(feedback_count) AS feedback_count,
+           any_value(service_name) AS any_service,
+           any_value(coalesce(attributes->>'gen_ai.request.model', attributes->>'llm.model_name'))
+               FILTER (WHERE coalesce(attributes->>'gen_ai.request.model', attributes->>'llm.model_name') IS NOT NULL)
+               AS model,
+           arg_max(user_feedback, last_feedback_time) FILTER (WHERE user_feedback IS NOT NULL) AS any_feedback,
+           arg_max(user_feedback_rating, last_feedback_time) FILTER (WHERE user_feedback_rating IS NOT NULL)
+               AS any_rating,
+           arg_max(user_feedback_category, last_feedback_time) FILTER (WHERE user_feedback_category IS NOT NULL)
+               AS any_category,
+           arg_max(user_feedback_comment, last_feedback_time) FILTER (WHERE user_feedback_comment IS NOT NULL)
+               AS any_comment
+    FROM spans GROUP BY trace_id
+), roots AS (
+    SELECT * FROM spans WHERE parent_span_id IS NULL
+    QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY start_time) = 1
+), joined AS (
+    SELECT a.trace_id, r.span_id AS root_span_id, r.name AS root_name,
+           coalesce(r.service_name, a.any_service) AS service_name, a.model,
+           a.start_time, a.end_time,
+           date_diff('microsecond', a.start_time, a.end_time) / 1000.0 AS duration_ms,
+           a.span_count, a.error_count,
+           CASE WHEN a.error_count > 0 THEN 'ERROR' ELSE coalesce(r.status_code, 'UNSET') END AS status_code,
+           r.attributes->>'input.value' AS input,
+           r.attributes->>'output.value' AS output,
+           coalesce(r.user_feedback, a.any_feedback) AS user_feedback,
+           coalesce(r.user_feedback_rating, a.any_rating) AS user_feedback_rating,
+           coalesce(r.user_feedback_category, a.any_category) AS user_feedback_category,
+           coalesce(r.user_feedback_comment, a.any_comment) AS user_feedback_comment,
+           r.user_feedback_timestamp, a.feedback_count,
+           r.attributes AS root_attributes
+    FROM agg a LEFT JOIN roots r USING (trace_id)
+)
+SELECT * EXCLUDE (root_attributes),
+       CASE
+           WHEN user_feedback = 'positive' THEN 'positive'
+           WHEN user_feedback = 'negative' THEN 'negative'
+           WHEN user_feedback_rating >= 4 THEN 'positive'
+           WHEN user_feedback_rating <= 2 THEN 'negative'
+           WHEN feedback_count > 0 AND (user_feedback IS NOT NULL OR user_feedback_rating IS NOT NULL) THEN 'neutral'
+       END AS sentiment,
+       root_attributes
+FROM joined
+"""
+
+
+def _metrics(name: str, key: str, alias: str) -> str:
+    """A feedback-metrics view grouped by ``key``: rate, positive rate, mean rating."""
+    return f"""
+CREATE OR REPLACE VIEW {name} AS
+SELECT {key} AS {alias},
+       count(*) AS traces,
+       count(*) FILTER (WHERE feedback_count > 0) AS traces_with_feedback,
+       count(*) FILTER (WHERE feedback_count > 0) / count(*) AS feedback_rate,
+       count(*) FILTER (WHERE sentiment = 'positive') AS positive,
+       count(*) FILTER (WHERE sentiment = 'negative') AS negative,
+       count(*) FILTER (WHERE sentiment = 'positive')
+           / nullif(count(*) FILTER (WHERE sentiment IN ('positive', 'negative')), 0) AS positive_rate,
+       avg(user_feedback_rating) AS mean_rating,
+       count(user_feedback_rating) AS ratings
+FROM traces
+GROUP BY ALL
+ORDER BY {alias}
+"""
+
+
+FEEDBACK_SUMMARY = _metrics("feedback_summary", "'all'", "scope")
+FEEDBACK_BY_HOUR = _metrics("feedback_by_hour", "date_trunc('hour', start_time)", "hour")
+FEEDBACK_BY_DAY = _metrics("feedback_by_day", "date_trunc('day', start_time)", "day")
+FEEDBACK_BY_SERVICE = _metrics("feedback_by_service", "service_name", "service_name")
+FEEDBACK_BY_MODEL = _metrics("feedback_by_model", "model", "model")
+
+FEEDBACK_CATEGORIES = """
+CREATE OR REPLACE VIEW feedback_categories AS
+SELECT user_feedback_category AS category,
+       count(*) AS traces,
+       count(*) / sum(count(*)) OVER () AS share,
+       count(*) FILTER (WHERE sentiment = 'negative') AS negative
+FROM traces WHERE user_feedback_category IS NOT NULL
+GROUP BY ALL ORDER BY traces DESC, category
+"""
+
+WORST_TRACES = """
+CREATE OR REPLACE VIEW worst_traces AS
+WITH evals AS (
+    SELECT a.trace_id,
+           list({'span_name': s.name, 'name': a.name, 'label': a.label, 'score': a.score,
+                 'explanation': a.explanation, 'annotator_kind': a.annotator_kind, 'source_id': a.source_id}
+                ORDER BY s.start_time, a.name) AS evaluations
+    FROM annotations a JOIN span_rows s USING (trace_id, span_id)
+    GROUP BY a.trace_id
+), child_feedback AS (
+    SELECT p.trace_id, list({'span_name': s.name, 'patch': p.patch} ORDER BY s.start_time) AS child_feedback
+    FROM feedback_patches_as_of('infinity'::TIMESTAMP_NS, false) p
+    JOIN span_rows s USING (trace_id, span_id)
+    WHERE s.parent_span_id IS NOT NULL AND p.patch IS NOT NULL
+    GROUP BY p.trace_id
+), expected AS (
+    SELECT t.trace_id, arg_max(f.expected, f.feedback_time) AS expected
+    FROM feedback f JOIN feedback_targets t USING (feedback_id)
+    WHERE f.expected IS NOT NULL GROUP BY t.trace_id
+)
+SELECT t.trace_id, t.start_time, t.service_name, t.model, t.root_name, t.input, t.output,
+       t.user_feedback, t.user_feedback_rating, t.user_feedback_category, t.user_feedback_comment,
+       x.expected, t.status_code, t.duration_ms, e.evaluations, c.child_feedback
+FROM traces t
+LEFT JOIN evals e USING (trace_id)
+LEFT JOIN child_feedback c USING (trace_id)
+LEFT JOIN expected x USING (trace_id)
+WHERE t.sentiment = 'negative'
+ORDER BY t.user_feedback_rating ASC NULLS LAST, t.start_time DESC
+"""
+
+JUDGE_AGREEMENT = """
+CREATE OR REPLACE VIEW judge_agreement AS
+WITH per_kind AS (
+    SELECT trace_id, span_id, name, annotator_kind,
+           arg_max(label, feedback_time) AS label, arg_max(score, feedback_time) AS score
+    FROM annotations WHERE annotator_kind IN ('HUMAN', 'LLM')
+    GROUP BY ALL
+), pairs AS (
+    SELECT h.name, h.label AS human_label, l.label AS llm_label, h.score AS human_score, l.score AS llm_score
+    FROM per_kind h JOIN per_kind l USING (trace_id, span_id, name)
+    WHERE h.annotator_kind = 'HUMAN' AND l.annotator_kind = 'LLM'
+), lp AS (
+    SELECT * FROM pairs WHERE human_label IS NOT NULL AND llm_label IS NOT NULL
+), obs AS (
+    SELECT name, count(*) AS label_pairs, avg(CASE WHEN human_label = llm_label THEN 1.0 ELSE 0.0 END) AS p_o
+    FROM lp GROUP BY name
+), hk AS (SELECT name, human_label AS k, count(*) AS c FROM lp GROUP BY ALL),
+lk AS (SELECT name, llm_label AS k, count(*) AS c FROM lp GROUP BY ALL),
+pe AS (SELECT hk.name, sum(hk.c * lk.c) AS s FROM hk JOIN lk USING (name, k) GROUP BY hk.name),
+sc AS (
+    SELECT name, count(*) AS score_pairs, corr(human_score, llm_score) AS score_correlation,
+           avg(abs(human_score - llm_score)) AS mean_abs_score_diff
+    FROM pairs WHERE human_score IS NOT NULL AND llm_score IS NOT NULL GROUP BY name
+), labels AS (
+    SELECT obs.name, obs.label_pairs, obs.p_o AS label_agreement,
+           coalesce(pe.s, 0) / (obs.label_pairs * obs.label_pairs) AS p_e
+    FROM obs LEFT JOIN pe USING (name)
+)
+SELECT coalesce(labels.name, sc.name) AS name, labels.label_pairs, labels.label_agreement,
+       CASE WHEN labels.p_e < 1 THEN (labels.label_agreement - labels.p_e) / (1 - labels.p_e) END AS cohen_kappa,
+       sc.score_pairs, sc.score_correlation, sc.mean_abs_score_diff
+FROM labels FULL JOIN sc USING (name)
+ORDER BY name
+"""
+
+REVIEW_QUEUE = """
+CREATE OR REPLACE VIEW review_queue AS
+SELECT trace_id, span_id, name, service_name, start_time,
+       attributes->>'input.value' AS input, attributes->>'output.value' AS output,
+       user_feedback, user_feedback_rating, user_feedback_comment, last_feedback_time
+FROM spans
+WHERE attributes->>'annotation_status' = 'empty'
+ORDER BY last_feedback_time NULLS LAST, start_time
+"""
+
+EVALUATION_DATASET = """
+CREATE OR REPLACE VIEW evaluation_dataset AS
+SELECT trace_id, input, output, expected, user_feedback AS feedback, user_feedback_rating AS rating,
+       user_feedback_comment AS comment, user_feedback_category AS category, evaluations, child_feedback
+FROM worst_traces
+"""
+
+VIEWS: tuple[tuple[str, str], ...] = (
+    ("feedback", FEEDBACK),
+    ("span_rows", SPAN_ROWS),
+    ("feedback_targets", FEEDBACK_TARGETS),
+    ("feedback_as_of", FEEDBACK_AS_OF),
+    ("feedback_patches_as_of", FEEDBACK_PATCHES),
+    ("spans_as_of", SPANS_AS_OF),
+    ("spans", SPANS),
+    ("orphan_feedback", ORPHAN_FEEDBACK),
+    ("annotations", ANNOTATIONS),
+    ("traces", TRACES),
+    ("feedback_summary", FEEDBACK_SUMMARY),
+    ("feedback_by_hour", FEEDBACK_BY_HOUR),
+    ("feedback_by_day", FEEDBACK_BY_DAY),
+    ("feedback_by_service", FEEDBACK_BY_SERVICE),
+    ("feedback_by_model", FEEDBACK_BY_MODEL),
+    ("feedback_categories", FEEDBACK_CATEGORIES),
+    ("worst_traces", WORST_TRACES),
+    ("judge_agreement", JUDGE_AGREEMENT),
+    ("review_queue", REVIEW_QUEUE),
+    ("evaluation_dataset", EVALUATION_DATASET),
+)
+"""(name, DDL) of every view, in creation order."""
