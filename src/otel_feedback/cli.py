@@ -268,3 +268,28 @@ def serve(
     )
     sys.stdout.flush()
     server.serve_forever(announce=lambda m: click.echo(m, err=True))
+
+
+@cli.command()
+@db_option
+@click.option("--grpc-port", type=int, default=None, help="OTLP/gRPC port (0: any free). [default: 4317]")
+@click.option("--http-port", type=int, default=None, help="HTTP port (0: any free). [default: 4318]")
+@click.option(
+    "--conversations",
+    type=click.IntRange(5, 10_000),
+    default=40,
+    show_default=True,
+    help="How many support conversations to simulate.",
+)
+@click.option("--serve/--no-serve", "keep_serving", default=False, help="Keep the server running afterwards.")
+@_errors
+def demo(db: str | None, grpc_port: int | None, http_port: int | None, conversations: int, keep_serving: bool) -> None:
+    """See the whole product in one command: serve, simulate an instrumented support agent with users and
+    an LLM judge giving feedback, and print the report."""
+    import logging
+
+    from . import demo as _demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings.load(db=db, grpc_port=grpc_port, http_port=http_port)
+    _demo.run(settings, conversations=conversations, keep_serving=keep_serving, say=click.echo)

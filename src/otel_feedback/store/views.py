@@ -187,6 +187,9 @@ SELECT * EXCLUDE (root_attributes),
            WHEN user_feedback_rating <= 2 THEN 'negative'
            WHEN feedback_count > 0 AND (user_feedback IS NOT NULL OR user_feedback_rating IS NOT NULL) THEN 'neutral'
        END AS sentiment,
+       -- what users said (thumbs, stars, a category or a comment); judges' and code's scores are not counted
+       user_feedback IS NOT NULL OR user_feedback_rating IS NOT NULL OR user_feedback_category IS NOT NULL
+           OR user_feedback_comment IS NOT NULL AS has_user_feedback,
        root_attributes
 FROM joined
 """
@@ -198,8 +201,8 @@ def _metrics(name: str, key: str, alias: str) -> str:
 CREATE OR REPLACE VIEW {name} AS
 SELECT {key} AS {alias},
        count(*) AS traces,
-       count(*) FILTER (WHERE feedback_count > 0) AS traces_with_feedback,
-       count(*) FILTER (WHERE feedback_count > 0) / count(*) AS feedback_rate,
+       count(*) FILTER (WHERE has_user_feedback) AS traces_with_feedback,
+       count(*) FILTER (WHERE has_user_feedback) / count(*) AS feedback_rate,
        count(*) FILTER (WHERE sentiment = 'positive') AS positive,
        count(*) FILTER (WHERE sentiment = 'negative') AS negative,
        count(*) FILTER (WHERE sentiment = 'positive')
