@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .client import FeedbackClient
+from ._version import __version__
+from .client import FeedbackClient, query
 from .config import Settings
 from .errors import (
     DatabaseLocked,
@@ -39,5 +38,6 @@ __all__ = [
     "configure",
     "current_span_id",
     "current_trace_id",
+    "query",
     "record_feedback",
 ]

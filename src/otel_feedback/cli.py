@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .config import (
     OTEL_FEEDBACK_DB,
     OTEL_FEEDBACK_URL,

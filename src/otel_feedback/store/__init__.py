@@ -75,7 +75,7 @@ class Store:
     ) -> None:
         """``lockdown`` (for a server answering others' SQL) turns off all file and network access
         from SQL and locks the configuration, for this process's whole database instance."""
-        from .. import __version__
+        from .._version import __version__
 
         self.path = str(path)
         self.read_only = read_only
