@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from . import feedback as fb
 from ._version import __version__
 from .errors import (
     InvalidRequest,
@@ -282,6 +283,19 @@ class Api:
         except Exception as exc:
             return _api_error(exc)
 
+    async def get_configs(self, request: Request) -> Response:
+        config = self.ingest.config
+        decls = sorted(config.declarations.values(), key=lambda d: d.name)
+        return json_response({"feedback": [d.to_json() for d in decls], "strict": config.strict})
+
+    async def post_configs(self, request: Request) -> Response:
+        try:
+            decls = fb.parse_declarations(await self._json_body(request))
+            await run_in_threadpool(self.ingest.declare, decls)
+            return json_response({"ok": True, "declared": [d.name for d in decls]})
+        except Exception as exc:
+            return _api_error(exc)
+
     # misc ------------------------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
@@ -317,6 +331,8 @@ class Api:
             Route("/v1/span_annotations", self.phoenix, methods=["POST"]),
             Route("/v1/trace_annotations", self.phoenix, methods=["POST"]),
             Route("/v1/query", self.query, methods=["POST", "GET"]),
+            Route("/v1/feedback_configs", self.get_configs, methods=["GET"]),
+            Route("/v1/feedback_configs", self.post_configs, methods=["POST"]),
             Route("/health", self.health, methods=["GET"]),
         ]
 

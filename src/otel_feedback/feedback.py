@@ -95,6 +95,48 @@ class Declaration:
             raise InvalidRequest(f"{where}: {self.name!r} takes text, got {value!r}")
         return value
 
+    def to_json(self) -> dict[str, Any]:
+        """The declaration in the config-file shape (what ``GET /v1/feedback_configs`` answers)."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.labels:
+            out["labels"] = list(self.labels)
+        if self.min_value is not None:
+            out["min"] = self.min_value
+        if self.max_value is not None:
+            out["max"] = self.max_value
+        if self.description is not None:
+            out["description"] = self.description
+        return out
+
+
+def declarations_table(decls: Sequence[Declaration], declared_at_ns: int) -> pa.Table:
+    """Rows for the append-only ``feedback_config`` table (the latest per name is in force)."""
+    return pa.table(
+        {
+            "name": pa.array([d.name for d in decls], pa.string()),
+            "type": pa.array([d.type for d in decls], pa.string()),
+            "labels": pa.array([list(d.labels) or None for d in decls], pa.list_(pa.string())),
+            "min_value": pa.array([d.min_value for d in decls], pa.float64()),
+            "max_value": pa.array([d.max_value for d in decls], pa.float64()),
+            "description": pa.array([d.description for d in decls], pa.string()),
+            "declared_at": pa.array([declared_at_ns] * len(decls), pa.timestamp("ns")),
+        }
+    )
+
+
+def parse_declarations(body: Any, where: str = "body") -> list[Declaration]:
+    """``{"feedback": [...]}``, a list, or one declaration object -> declarations (all or nothing)."""
+    if isinstance(body, dict) and "feedback" in body:
+        _no_unknown(body, {"feedback"}, where)
+        items, where = body["feedback"], f"{where}.feedback"
+    elif isinstance(body, dict):
+        items = [body]
+    else:
+        items = body
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest(f'{where}: expected {{"feedback": [{{"name": ..., "type": ...}}, ...]}}')
+    return [parse_declaration(item, f"{where}[{i}]") for i, item in enumerate(items)]
+
 
 def _fmt(x: float | None) -> str:
     if x is None:

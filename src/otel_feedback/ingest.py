@@ -95,6 +95,17 @@ class Ingest:
             return 0
         return self.sink.append({"feedback_log": fb.to_table(rows)}, timeout=self.commit_timeout)
 
+    def declare(self, decls: Sequence[fb.Declaration]) -> fb.FeedbackConfig:
+        """Store feedback declarations (queryable as ``feedback_configs``) and validate with them from now on."""
+        import time
+
+        self.sink.append({"feedback_config": fb.declarations_table(decls, time.time_ns())}, timeout=self.commit_timeout)
+        config = self.config
+        for d in decls:
+            config = config.with_declaration(d)
+        self.config = config  # one assignment: requests see the old or the new config, never a mix
+        return config
+
     # parsing helpers for the feedback ways in, with this server's limits and config
     def parse_record(self, body: Any, **kwargs: Any) -> FeedbackRow:
         return fb.parse_record(body, limits=self.limits, config=self.config, **kwargs)

@@ -70,6 +70,22 @@ def load_feedback_config(settings: Settings) -> fb.FeedbackConfig:
         raise ConfigError(f"OTEL_FEEDBACK_CONFIG: {exc}") from None
 
 
+def _file_declarations(config: fb.FeedbackConfig) -> list[fb.Declaration]:
+    """What the config file itself declares (not the built-in defaults it starts from)."""
+    defaults = {d.name: d for d in fb.DEFAULT_DECLARATIONS}
+    return [d for name, d in config.declarations.items() if defaults.get(name) != d]
+
+
+def _with_stored(store: Store, config: fb.FeedbackConfig) -> fb.FeedbackConfig:
+    """Defaults, then the declarations stored earlier over the API, then the config file's (which win)."""
+    res = store.query("SELECT name, type, labels, min_value, max_value, description FROM feedback_configs")
+    merged = {d.name: d for d in fb.DEFAULT_DECLARATIONS}
+    for name, kind, labels, lo, hi, desc in res.rows:
+        merged[name] = fb.Declaration(name, kind, tuple(labels or ()), lo, hi, desc)
+    merged.update({d.name: d for d in _file_declarations(config)})
+    return fb.FeedbackConfig(merged, config.strict)
+
+
 class Server:
     """Everything ``serve`` runs, in one process. ``start()`` returns once both ports accept."""
 
@@ -105,7 +121,9 @@ class Server:
             self.store = Store(s.db, queue_rows=s.queue_rows, commit_rows=s.commit_rows, lockdown=True)
             if s.forward_to:
                 self._forwarder = Forwarder(s.forward_to)
-            self.ingest = Ingest(self.store, s, config, forward=self._forwarder)
+            self.ingest = Ingest(self.store, s, _with_stored(self.store, config), forward=self._forwarder)
+            if _file_declarations(config):  # SQL (feedback_configs) shows what is in force
+                self.ingest.declare(_file_declarations(config))
             from .queryapi import QueryEndpoint
             from .service import SERVICE, feedback_handlers
 

@@ -105,7 +105,15 @@ SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time, 
            coalesce(
                TRY_CAST(TRY_CAST(attributes->>'user_feedback_timestamp' AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
                         AS TIMESTAMP_NS),
-               TRY_CAST(attributes->>'user_feedback_timestamp' AS TIMESTAMP_NS))
+               TRY_CAST(attributes->>'user_feedback_timestamp' AS TIMESTAMP_NS),
+               -- epoch seconds (or nanoseconds above 1e17), as feedback.parse_time reads them
+               CASE WHEN json_type(attributes->'user_feedback_timestamp') IN ('UBIGINT', 'BIGINT', 'DOUBLE') THEN
+                   TRY(make_timestamp_ns(CASE
+                       WHEN (attributes->>'user_feedback_timestamp')::DOUBLE > 1e17
+                           THEN (attributes->>'user_feedback_timestamp')::HUGEINT
+                       ELSE round((attributes->>'user_feedback_timestamp')::DECIMAL(38, 9) * 1000000000)
+                   END::BIGINT))
+               END)
        END AS user_feedback_timestamp,
        feedback_count, last_feedback_time,
        * EXCLUDE (trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time,
@@ -314,6 +322,14 @@ SELECT trace_id, input, output, expected, user_feedback AS feedback, user_feedba
 FROM worst_traces
 """
 
+FEEDBACK_CONFIGS = """
+CREATE OR REPLACE VIEW feedback_configs AS
+SELECT name, type, labels, min_value, max_value, description, declared_at
+FROM feedback_config
+QUALIFY row_number() OVER (PARTITION BY name ORDER BY declared_at DESC) = 1
+ORDER BY name
+"""
+
 VIEWS: tuple[tuple[str, str], ...] = (
     ("feedback", FEEDBACK),
     ("span_rows", SPAN_ROWS),
@@ -335,5 +351,6 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("judge_agreement", JUDGE_AGREEMENT),
     ("review_queue", REVIEW_QUEUE),
     ("evaluation_dataset", EVALUATION_DATASET),
+    ("feedback_configs", FEEDBACK_CONFIGS),
 )
 """(name, DDL) of every view, in creation order."""

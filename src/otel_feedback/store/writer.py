@@ -29,7 +29,7 @@ from ..errors import InvalidRequest, QueueFull, StoreUnavailable, WriteFailed
 
 _log = logging.getLogger(__name__)
 
-TABLE_ORDER = ("span_log", "log_records", "feedback_log")
+TABLE_ORDER = ("span_log", "log_records", "feedback_log", "feedback_config")
 """Tables the writer appends to, in the order it writes them within a transaction."""
 
 _PERMANENT = (
