@@ -1,7 +1,10 @@
 """``POST /v1/query`` (and ``GET /v1/query?sql=...``): read-only SQL against the running server's file.
 
 Layers, each enough on its own for most escapes:
-1. DuckDB's own parser: exactly one statement, and it must be a SELECT (``check_sql``);
+1. DuckDB's own parser: exactly one statement, and it must be a SELECT (``check_sql``); then its syntax
+   tree (``json_serialize_sql``) must hold only reading query nodes - a SELECT may carry a
+   data-modifying CTE (``WITH x AS (DELETE ... RETURNING *) SELECT ...``) - and call no function
+   with side effects (``checkpoint()``, ``truncate_duckdb_logs()``, ...) (``check_read_only``);
 2. the statement runs inside a transaction that is always rolled back, so nothing it could
    change survives;
 3. the engine is locked down at server start (``enable_external_access=false`` - no files, no
@@ -22,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .config import Settings
-from .errors import InvalidRequest
+from .errors import InvalidRequest, QueryRejected
 from .output import dumps, iter_delimited, iter_ndjson
 from .store import Store
 from .store.query import check_sql, run
@@ -30,6 +33,65 @@ from .store.query import check_sql, run
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 FORMATS = {"json": "application/json", "csv": "text/csv", "ndjson": "application/x-ndjson", "arrow": ARROW_STREAM}
 _ACCEPT = {v: k for k, v in FORMATS.items()}
+
+READ_QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
+"""Query node types a query's syntax tree may hold (DELETE/INSERT/UPDATE/MERGE nodes write)."""
+
+SIDE_EFFECT_FUNCTIONS = frozenset(
+    {
+        "checkpoint",
+        "force_checkpoint",
+        "truncate_duckdb_logs",
+        "enable_logging",
+        "disable_logging",
+        "enable_profiling",
+        "disable_profiling",
+        "write_log",
+        "nextval",
+        "setval",
+        "json_execute_serialized_sql",
+        "query",
+        "create_external_resource",
+        "destroy_external_resource",
+        "register_external_resource",
+        "deregister_external_resource",
+        "register_external_resource_type",
+        "arrow_scan",
+        "arrow_scan_dumb",
+        "python_arrow_scan",
+        "pandas_scan",
+        "python_map_function",
+        "duckdb_secrets",
+        "which_secret",
+    }
+)
+"""Functions a query may not call: they change the database or its state, run SQL given as text (which
+this check cannot see), read process memory by pointer, or look at stored secrets."""
+
+
+def check_read_only(cur: Any, sql: str) -> None:
+    """:class:`QueryRejected` unless the SELECT ``sql`` only reads, judged on DuckDB's own syntax tree."""
+    rows = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    tree = orjson.loads(rows[0][0]) if rows and rows[0][0] else {"error": True, "error_message": "no syntax tree"}
+    if tree.get("error"):
+        raise QueryRejected(f"the query cannot be checked as read-only: {tree.get('error_message')}")
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            kind = node.get("type")
+            is_query_node = "cte_map" in node or (isinstance(kind, str) and kind.endswith("_QUERY_NODE"))
+            if is_query_node and kind not in READ_QUERY_NODES:
+                what = str(kind).removesuffix("_QUERY_NODE").removesuffix("_NODE")
+                raise QueryRejected(f"queries may only read; this one contains a {what} (data-modifying WITH)")
+            name = node.get("function_name")
+            if isinstance(name, str) and name.lower() in SIDE_EFFECT_FUNCTIONS:
+                raise QueryRejected(
+                    f"queries may not call {name}() (it changes state, runs other SQL or reads secrets)"
+                )
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _format(request: Request, given: Any) -> str:
@@ -113,11 +175,12 @@ class QueryEndpoint:
         data = b"".join(iter_ndjson(result.columns, result.types, [result.rows]))
         return Response(data, 200, headers, media_type="application/x-ndjson")
 
-    def _run_rolled_back(self, fn: Any) -> Any:
+    def _run_rolled_back(self, sql: str, fn: Any) -> Any:
         cur = self.store.cursor()
         try:
             cur.execute("BEGIN TRANSACTION")
             try:
+                check_read_only(cur, sql)
                 return fn(cur)
             finally:
                 try:
@@ -129,7 +192,7 @@ class QueryEndpoint:
 
     def _rows(self, sql: str, params: Any, max_rows: int) -> Any:
         return self._run_rolled_back(
-            lambda cur: run(cur, sql, params, max_rows=max_rows, timeout_ms=self.settings.query_timeout_ms)
+            sql, lambda cur: run(cur, sql, params, max_rows=max_rows, timeout_ms=self.settings.query_timeout_ms)
         )
 
     def _arrow(self, sql: str, params: Any, max_rows: int) -> tuple[pa.Table, bool]:
@@ -159,7 +222,7 @@ class QueryEndpoint:
                     raise QueryError(str(exc)) from None
             return table.slice(0, max_rows), table.num_rows > max_rows
 
-        return self._run_rolled_back(fetch)
+        return self._run_rolled_back(sql, fetch)
 
 
 def _json_cells(row: tuple[Any, ...], idx: list[int]) -> list[Any]:

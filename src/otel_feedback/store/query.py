@@ -36,9 +36,14 @@ def check_sql(sql: str, allowed: frozenset[duckdb.StatementType] = READ_STATEMEN
     if len(statements) != 1:
         raise QueryRejected(f"send exactly one SQL statement; got {len(statements)}")
     st = statements[0]
-    if st.type not in allowed:
-        kinds = ", ".join(sorted(t.name for t in allowed))
-        raise QueryRejected(f"only {kinds} statements are allowed here; got {st.type.name}")
+    kinds = ", ".join(sorted(t.name for t in allowed))
+    try:
+        kind = st.type
+    except ValueError:
+        # A statement type newer than the Python package's enum (UPDATE EXTENSIONS): never a SELECT.
+        raise QueryRejected(f"only {kinds} statements are allowed here; got a statement of another type") from None
+    if kind not in allowed:
+        raise QueryRejected(f"only {kinds} statements are allowed here; got {kind.name}")
     return st.query
 
 
