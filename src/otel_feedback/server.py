@@ -118,6 +118,9 @@ class Server:
         config = load_feedback_config(s)
         http_sock = _bind(s.host, s.http_port, "--http-port / OTEL_FEEDBACK_HTTP_PORT")
         try:
+            if s.grpc_port:
+                # grpc core logs its own C-level line when a bind fails; check first so a taken port is one line.
+                _bind(s.host, s.grpc_port, "--grpc-port / OTEL_FEEDBACK_GRPC_PORT").close()
             self.store = Store(s.db, queue_rows=s.queue_rows, commit_rows=s.commit_rows, lockdown=True)
             if s.forward_to:
                 self._forwarder = Forwarder(s.forward_to)
