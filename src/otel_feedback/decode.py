@@ -9,6 +9,7 @@ common cases first, and each resource's and scope's JSON is computed once, not p
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 import time
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ EVALUATION_EVENT = "gen_ai.evaluation.result"
 
 _dumps = orjson.dumps
 _OPT = orjson.OPT_NON_STR_KEYS
+_ZEROS = {8: bytes(8), 16: bytes(16)}
 
 
 @dataclass
@@ -102,7 +104,24 @@ def key_values(kvs: Iterable[Any], max_bytes: int = 1024 * 1024) -> dict[str, An
 
 
 def _attributes(kvs: Iterable[Any], limits: _Limits) -> dict[str, Any]:
-    return {kv.key: _value(kv.value, limits) for kv in kvs}
+    # The hot loop of ingest: strings and ints (most attribute values) are handled inline, without a
+    # call per value; everything else goes through ``_value``.
+    out: dict[str, Any] = {}
+    most = limits.max_attribute_bytes
+    for kv in kvs:
+        v = kv.value
+        which = v.WhichOneof("value")
+        if which == "string_value":
+            s = v.string_value
+            if len(s) > most:
+                limits.truncated += 1
+                s = s[:most]
+            out[kv.key] = s
+        elif which == "int_value":
+            out[kv.key] = v.int_value
+        else:
+            out[kv.key] = _value(v, limits)
+    return out
 
 
 def _json(obj: Any) -> str:
@@ -111,7 +130,7 @@ def _json(obj: Any) -> str:
 
 def _hex_id(raw: bytes, size: int) -> str | None:
     """Lowercase hex of an id of ``size`` bytes; None when it is not a valid id."""
-    if len(raw) != size or not any(raw):
+    if len(raw) != size or raw == _ZEROS[size]:
         return None
     return raw.hex()
 
@@ -212,40 +231,32 @@ def decode_traces(
     received = received_at_ns if received_at_ns is not None else time.time_ns()
     limits = _Limits(max_attribute_bytes)
     fb_names = frozenset(feedback_events)
-    cols: dict[str, list[Any]] = {name: [] for name in SPAN_SCHEMA.names}
-    c_trace, c_span, c_parent = cols["trace_id"], cols["span_id"], cols["parent_span_id"]
-    c_state, c_flags, c_name, c_kind = cols["trace_state"], cols["flags"], cols["name"], cols["kind"]
-    c_start, c_end, c_dur = cols["start_time"], cols["end_time"], cols["duration_ms"]
-    c_scode, c_smsg = cols["status_code"], cols["status_message"]
-    c_service, c_sname, c_sver = cols["service_name"], cols["scope_name"], cols["scope_version"]
-    c_session, c_request = cols["session_id"], cols["client_request_id"]
-    c_attrs, c_rattrs, c_sattrs = cols["attributes"], cols["resource_attributes"], cols["scope_attributes"]
-    c_events, c_links = cols["events"], cols["links"]
-    c_dattr, c_devent, c_dlink = (
-        cols["dropped_attributes_count"],
-        cols["dropped_events_count"],
-        cols["dropped_links_count"],
-    )
+    rows: list[tuple[Any, ...]] = []  # one tuple per span, in SPAN_SCHEMA order; turned into columns once
+    add = rows.append
     rejected = 0
     messages: list[str] = []
     feedback: list[FeedbackEvent] = []
     kinds, codes = SPAN_KINDS, STATUS_CODES
+    zero16, zero8 = _ZEROS[16], _ZEROS[8]
     for rs in request.resource_spans:
         _, rjson, service = _resource(rs.resource, limits)
         for ss in rs.scope_spans:
             sname, sver, sattrs = _scope(ss.scope, limits)
             for span in ss.spans:
-                trace_id = _hex_id(span.trace_id, 16)
-                span_id = _hex_id(span.span_id, 8)
-                parent_raw = span.parent_span_id
-                parent = _hex_id(parent_raw, 8) if parent_raw else None
+                raw_t, raw_s, parent_raw = span.trace_id, span.span_id, span.parent_span_id
+                # ids inline (this runs per span): valid when of the right size and not all zero
+                trace_id = raw_t.hex() if len(raw_t) == 16 and raw_t != zero16 else None
+                span_id = raw_s.hex() if len(raw_s) == 8 and raw_s != zero8 else None
+                parent = (
+                    (parent_raw.hex() if len(parent_raw) == 8 and parent_raw != zero8 else None) if parent_raw else None
+                )
                 if trace_id is None or span_id is None or (parent_raw and parent is None):
                     rejected += 1
                     if len(messages) < 20:
                         messages.append(
                             f"span {span.name!r}: invalid "
                             + ("trace_id" if trace_id is None else "span_id" if span_id is None else "parent_span_id")
-                            + f" ({len(span.trace_id if trace_id is None else span.span_id if span_id is None else parent_raw)}"
+                            + f" ({len(raw_t if trace_id is None else raw_s if span_id is None else parent_raw)}"
                             " bytes or all zero; trace_id must be 16 bytes, span ids 8)"
                         )
                     continue
@@ -253,49 +264,72 @@ def decode_traces(
                 attrs = _attributes(span.attributes, limits)
                 events = _events(span, limits) if len(span.events) else None
                 links = _links(span, limits) if len(span.links) else None
-                c_trace.append(trace_id)
-                c_span.append(span_id)
-                c_parent.append(parent)
-                c_state.append(span.trace_state or None)
-                c_flags.append(span.flags or None)
-                c_name.append(span.name)
                 k = span.kind
-                c_kind.append(kinds[k] if 0 <= k < 6 else str(k))
-                c_start.append(start)
-                c_end.append(end)
-                c_dur.append((end - start) / 1e6)
-                code = span.status.code
-                c_scode.append(codes[code] if 0 <= code < 3 else str(code))
-                c_smsg.append(span.status.message or None)
-                c_service.append(service)
-                c_sname.append(sname)
-                c_sver.append(sver)
+                status = span.status
+                code = status.code
                 sid = attrs.get("session.id")
-                c_session.append(None if sid is None else str(sid))
                 rid = attrs.get("client_request_id")
-                c_request.append(None if rid is None else str(rid))
-                c_attrs.append(_json(attrs))
-                c_rattrs.append(rjson)
-                c_sattrs.append(sattrs)
-                c_events.append(_json(events) if events else None)
-                c_links.append(_json(links) if links else None)
-                c_dattr.append(span.dropped_attributes_count)
-                c_devent.append(span.dropped_events_count)
-                c_dlink.append(span.dropped_links_count)
+                add(
+                    (
+                        trace_id,
+                        span_id,
+                        parent,
+                        span.trace_state or None,
+                        span.flags or None,
+                        span.name,
+                        kinds[k] if 0 <= k < 6 else str(k),
+                        start,
+                        end,
+                        (end - start) / 1e6,
+                        codes[code] if 0 <= code < 3 else str(code),
+                        status.message or None,
+                        service,
+                        sname,
+                        sver,
+                        None if sid is None else str(sid),
+                        None if rid is None else str(rid),
+                        _dumps(attrs, option=_OPT),
+                        rjson,
+                        sattrs,
+                        _json(events) if events else None,
+                        _json(links) if links else None,
+                        span.dropped_attributes_count,
+                        span.dropped_events_count,
+                        span.dropped_links_count,
+                    )
+                )
                 if events or (attrs and _has_annotations(attrs)):
                     _feedback_from_span(trace_id, span_id, attrs, events or [], links or [], end, fb_names, feedback)
-    n = len(c_trace)
-    cols["received_at"] = [received] * n
     if limits.truncated:
         messages.append(
             f"{limits.truncated} attribute value(s) longer than {max_attribute_bytes} bytes were truncated "
             "(OTEL_FEEDBACK_MAX_ATTRIBUTE_BYTES)"
         )
-    table = pa.Table.from_pydict(cols, schema=SPAN_SCHEMA)
-    return Decoded(table=table, rejected=rejected, messages=messages, feedback=feedback)
+    return Decoded(table=_span_table(rows, received), rejected=rejected, messages=messages, feedback=feedback)
+
+
+_ATTRIBUTES_COLUMN = SPAN_SCHEMA.get_field_index("attributes")
+
+
+def _span_table(rows: list[tuple[Any, ...]], received: int) -> pa.Table:
+    """Row tuples (every field of SPAN_SCHEMA but ``received_at``) as an Arrow table, one column at a time."""
+    n = len(rows)
+    columns = list(zip(*rows, strict=True)) if n else [()] * (len(SPAN_SCHEMA) - 1)
+    arrays = []
+    for i, (values, f) in enumerate(zip(columns, SPAN_SCHEMA, strict=False)):
+        if i == _ATTRIBUTES_COLUMN:  # orjson's bytes: UTF-8 already, checked by the cast (no str per span)
+            arrays.append(pa.array(values, pa.binary()).cast(pa.string()))
+        else:
+            arrays.append(pa.array(values, f.type))
+    arrays.append(pa.array(itertools.repeat(received, n), SPAN_SCHEMA.field("received_at").type, size=n))
+    return pa.Table.from_arrays(arrays, schema=SPAN_SCHEMA)
 
 
 def _has_annotations(attrs: dict[str, Any]) -> bool:
+    # One substring search over all keys first (every span goes through here; carriers are rare).
+    joined = "\n".join(attrs)
+    if "annotations." not in joined and "evaluations." not in joined:
+        return False
     return any(k.startswith(ANNOTATION_PREFIXES) for k in attrs)
 
 
