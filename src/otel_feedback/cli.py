@@ -293,3 +293,58 @@ def demo(db: str | None, grpc_port: int | None, http_port: int | None, conversat
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.load(db=db, grpc_port=grpc_port, http_port=http_port)
     _demo.run(settings, conversations=conversations, keep_serving=keep_serving, say=click.echo)
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--url",
+    envvar=OTEL_FEEDBACK_URL,
+    default=None,
+    help="Report on a running server at this URL instead of the file. [env: OTEL_FEEDBACK_URL]",
+)
+@click.option(
+    "--since",
+    metavar="WHEN",
+    default=None,
+    help="Only traces that started since WHEN: a duration back from now (7d, 24h, 30m, 2w) or an ISO time "
+    "(UTC unless it gives an offset).",
+)
+@click.option("--service", metavar="NAME", default=None, help="Only traces of this service.")
+@click.option(
+    "--html",
+    "html_path",
+    metavar="FILE",
+    default=None,
+    help="Also write the report as one self-contained HTML page with trend charts (opens without network).",
+)
+@click.option(
+    "--worst", type=click.IntRange(min=0), default=10, show_default=True, help="How many worst traces to list."
+)
+@_errors
+def report(
+    db: str | None, url: str | None, since: str | None, service: str | None, html_path: str | None, worst: int
+) -> None:
+    """Feedback rate, positive rate, mean rating, categories, per service / model / day, the worst traces
+    with why they failed, and judge agreement; in the terminal and, with --html, as a page.
+
+    Works on the file (read-only) or a running server; a file held by a running server is reported on
+    through that server (found at OTEL_FEEDBACK_URL or the default port, when it says it writes that file).
+    """
+    from . import report as _report
+    from .client import open_source
+
+    when = _report.parse_since(since) if since else None
+    with open_source(db, url) as source:
+        if source.note:
+            click.echo(source.note, err=True)
+        data = _report.collect(source.rows, since=when, service=service, worst=worst, source=source.description)
+    click.echo(_report.render_text(data), nl=False)
+    if html_path:
+        from pathlib import Path
+
+        try:
+            Path(html_path).write_text(_report.render_html(data), encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {html_path}: {exc.strerror}") from None
+        click.echo(f"wrote {html_path}", err=True)

@@ -306,3 +306,180 @@ def _proto_from_record(record: dict[str, Any], pb: Any) -> Any:
 
         req.time_unix_nano = parse_time(record["timestamp"], "timestamp")
     return req
+
+
+# -- SQL from Python, on a file or a running server ---------------------------------------------------
+
+
+def _served_file(url: str, timeout: float) -> str | None:
+    """The absolute path of the database file the server at ``url`` writes, or None if none answers."""
+    try:
+        result = query_server(
+            url,
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()",
+            timeout=timeout,
+        )
+    except OtelFeedbackError:
+        return None
+    return str(result.rows[0][0]) if result.rows and result.rows[0][0] else None
+
+
+def server_holding(db: str, candidates: list[str], *, timeout: float = 2.0) -> str | None:
+    """The first URL in ``candidates`` whose server writes the file ``db``; None if none does.
+
+    Each server is asked which file it holds, so a server on the default port that writes a different
+    file is never used by mistake.
+    """
+    import os
+
+    for url in dict.fromkeys(candidates):
+        served = _served_file(url, timeout)
+        if served is None:
+            continue
+        try:
+            if os.path.samefile(served, db):
+                return url
+        except OSError:
+            continue
+    return None
+
+
+class Source:
+    """Where read-only SQL runs: a database file opened read-only, or a running server (``POST /v1/query``).
+
+    Build one with :func:`open_source`; ``arrow`` and ``rows`` run one statement each; close it when done.
+    """
+
+    def __init__(self, *, store: Any = None, url: str | None = None, note: str = "") -> None:
+        self.store = store
+        self.url = url
+        self.note = note
+        """Why this source was chosen, when it was not the obvious one (e.g. the file is held by a server)."""
+
+    @property
+    def description(self) -> str:
+        return f"server {self.url}" if self.url else f"file {self.store.path}"
+
+    def arrow(
+        self, sql: str, params: dict[str, Any] | list[Any] | None = None, *, max_rows: int | None = None
+    ) -> pa.Table:
+        """The result of one statement as an Arrow table (all rows, or the first ``max_rows``)."""
+        from .store.query import check_sql
+
+        if self.url is not None:
+            # The server takes one SELECT only; checking here gives the precise error type without a round trip.
+            return _arrow_table_from_server(self.url, check_sql(sql), params, max_rows=max_rows)
+        import duckdb
+
+        statement = check_sql(sql, frozenset(duckdb.StatementType.__members__.values()))
+        cur = self.store.cursor()
+        try:
+            rel = cur.sql(statement, params=params or None)
+            if rel is None:
+                raise QueryError("the statement returns no rows")
+            if max_rows is None:
+                return rel.to_arrow_table()
+            reader = rel.to_arrow_reader(min(max_rows + 1, 65_536))
+            batches, n = [], 0
+            for batch in reader:
+                batches.append(batch)
+                n += batch.num_rows
+                if n >= max_rows:
+                    break
+            return pa.Table.from_batches(batches, schema=reader.schema).slice(0, max_rows)
+        except duckdb.Error as exc:
+            raise QueryError(str(exc).strip()) from None
+        finally:
+            cur.close()
+
+    def rows(self, sql: str, params: dict[str, Any] | list[Any] | None = None) -> list[dict[str, Any]]:
+        """The result of one statement as a list of dicts (column name -> Python value)."""
+        return self.arrow(sql, params).to_pylist()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _arrow_table_from_server(
+    url: str, sql: str, params: Any, *, max_rows: int | None = None, timeout: float = 300.0
+) -> pa.Table:
+    import warnings
+
+    body: dict[str, Any] = {"sql": sql, "params": params or None, "format": "arrow"}
+    if max_rows is not None:
+        body["max_rows"] = max_rows
+    try:
+        resp = httpx.post(url.rstrip("/") + "/v1/query", json=body, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise StoreUnavailable(f"cannot reach the server at {url}: {exc}") from None
+    if resp.status_code != 200:
+        raise _error(resp)
+    table = pa.ipc.open_stream(resp.content).read_all()
+    if max_rows is None and resp.headers.get("x-otel-feedback-truncated") == "true":
+        warnings.warn(
+            f"the server at {url} returned only the first {table.num_rows} rows "
+            "(its row cap; raise OTEL_FEEDBACK_QUERY_MAX_ROWS on the server, or query the file)",
+            stacklevel=3,
+        )
+    return table
+
+
+def open_source(db: str | None = None, url: str | None = None) -> Source:
+    """Open the place read-only SQL runs.
+
+    * ``url`` given: the server there.
+    * ``db`` given: that file, read-only. If a running server holds it (DuckDB lets no other process
+      open it meanwhile), the server that writes it is used instead: found among the ``OTEL_FEEDBACK_URL``
+      and ``http://127.0.0.1:<OTEL_FEEDBACK_HTTP_PORT>`` (4318), and only if it says it writes that same
+      file; else :class:`DatabaseLocked` says to pass ``url``.
+    * neither: ``OTEL_FEEDBACK_URL`` if set, else the file ``OTEL_FEEDBACK_DB`` (default
+      ``otel-feedback.duckdb``) as above.
+    """
+    from .config import Settings
+    from .errors import DatabaseLocked
+    from .store import Store
+
+    if url:
+        return Source(url=url.rstrip("/"))
+    settings = Settings.load()
+    if db is None and settings.url:
+        return Source(url=settings.url.rstrip("/"))
+    path = db or settings.db
+    try:
+        return Source(store=Store(path, read_only=True))
+    except DatabaseLocked as exc:
+        candidates = [u for u in (settings.url, f"http://127.0.0.1:{settings.http_port or 4318}") if u]
+        found = server_holding(path, candidates)
+        if found is None:
+            raise DatabaseLocked(
+                f"{exc} (no server at {' or '.join(candidates)} says it writes {path}; pass its URL)"
+            ) from None
+        return Source(url=found.rstrip("/"), note=f"{path} is held by the running server at {found}; asking it")
+
+
+def query(
+    sql: str,
+    params: dict[str, Any] | list[Any] | None = None,
+    *,
+    db: str | None = None,
+    url: str | None = None,
+    max_rows: int | None = None,
+) -> pa.Table:
+    """Run one SQL statement and return the result as a ``pyarrow.Table``; on a file or a running server.
+
+    ``params`` binds ``$name`` (a dict) or ``?`` (a list) placeholders. Where it runs follows
+    :func:`open_source`: ``url`` -> that server (read-only SQL, at most its ``OTEL_FEEDBACK_QUERY_MAX_ROWS``
+    rows: a warning says when it cut the result); ``db`` -> that file, or the server holding it.
+
+    For pandas: ``query(sql).to_pandas()``; for Polars: ``polars.from_arrow(query(sql))``.
+    JSON columns (``attributes``, ...) arrive as JSON text; timestamps are UTC.
+    """
+    with open_source(db, url) as source:
+        return source.arrow(sql, params, max_rows=max_rows)
