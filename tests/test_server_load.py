@@ -9,6 +9,7 @@ checks read the file afterwards (read-only, once the server has exited) and coun
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import subprocess
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 from otel_feedback.store import Store
 
@@ -227,7 +227,7 @@ def test_kill9_restart_loses_no_acknowledged_span(tmp_path):
 
 
 def test_flood_larger_than_the_queue_is_throttled_with_bounded_memory(tmp_path):
-    """100,000 spans in 2,500-span requests from 16 senders (gRPC and OTLP/HTTP) against a 5,000-row queue.
+    """60,000 spans in 2,500-span requests from 16 senders (gRPC and OTLP/HTTP) against a 5,000-row queue.
 
     The server must answer the excess with retryable codes carrying a retry hint (gRPC UNAVAILABLE with
     RetryInfo in ``grpc-status-details-bin`` and ``google.rpc.retryinfo-bin``; HTTP 503 with Retry-After),
@@ -236,7 +236,7 @@ def test_flood_larger_than_the_queue_is_throttled_with_bounded_memory(tmp_path):
     db = tmp_path / "flood.duckdb"
     env = {"OTEL_FEEDBACK_QUEUE_ROWS": "5000", "OTEL_FEEDBACK_COMMIT_ROWS": "5000"}
     server = start_serve(db, env=env)
-    count, batches, spans, threads = 4, 10, 2500, 4
+    count, batches, spans, threads = 4, 6, 2500, 4
     try:
         before = memory_mib(server.proc.pid)
         clients = start_clients(
@@ -268,13 +268,14 @@ def test_flood_larger_than_the_queue_is_throttled_with_bounded_memory(tmp_path):
     assert set(grpc_codes) <= {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED"}, grpc_codes
     assert set(http_codes) <= {"OK", "HTTP 503", "HTTP 429"}, http_codes
     throttled = sum(n for code, n in {**grpc_codes, **http_codes}.items() if code != "OK")
-    assert throttled > 0, "a flood 20x the queue was never throttled"
+    assert throttled > 0, "a flood 12x the queue was never throttled"
     assert 0 < max(s["max_hint"] for s in summaries) <= 60
     counts = check_acknowledged(clients, stored_batches(db))
     assert counts["acknowledged"] == counts["stored"] == count * batches
     assert counts["duplicates"] == 0  # nothing was lost, so nothing had to be resent
-    # 100,000 spans went through a 5,000-row queue; the server's peak resident memory stays well below what
-    # holding the flood would take, and within a fixed budget (measured ~300-500 MiB on a 2-core CI box).
+    # Memory is bounded by the work in flight, not by the flood: at most 16 gRPC workers (+ the HTTP thread
+    # pool) each decoding one 2,500-span request (~12 MiB of Python objects at peak) plus a 5,000-row queue.
+    # Measured: ~130 MiB idle, ~450-600 MiB peak on a shared 2-core box.
     assert after["VmHWM"] < 1024, f"peak RSS {after['VmHWM']} MiB"
 
 
@@ -302,7 +303,7 @@ def test_sigterm_under_load_commits_every_acknowledged_span(tmp_path):
     print(f"\nserve exited {code}; output:\n{output}\nclients: {summaries}")
     assert code == 0
     assert "stopped" in output and "did not finish" not in output
-    for s in summaries:  # the clients outlast the server, and see only retryable answers
+    for s in summaries:  # the clients outlast the server, and see only success and retryable answers
         assert s["gave_up"] and s["failed"] == 0, s
     counts = check_acknowledged(clients, stored_batches(db))
     print(counts)
@@ -319,7 +320,7 @@ def _serve_again(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        env={k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")},
+        env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
     )
 
 
@@ -338,24 +339,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("taken", ["grpc", "http", "file"])
-def test_second_serve_on_the_same_ports_or_file_fails_with_one_line(tmp_path, serve_process, taken):
+def test_second_serve_on_the_same_ports_or_file_fails_with_one_line(tmp_path, serve_process):
     grpc_port, http_port = port_of(serve_process.grpc_target), port_of(serve_process.http_url)
-    if taken == "grpc":
-        result = _serve_again("--db", str(tmp_path / "other.duckdb"), "--grpc-port", str(grpc_port),
-                              "--http-port", str(_free_port()))  # fmt: skip
-        line = _one_error_line(result)
-        assert str(grpc_port) in line and "--grpc-port" in line, line
-    elif taken == "http":
-        result = _serve_again("--db", str(tmp_path / "other.duckdb"), "--grpc-port", str(_free_port()),
-                              "--http-port", str(http_port))  # fmt: skip
-        line = _one_error_line(result)
-        assert str(http_port) in line and "--http-port" in line, line
-    else:
-        result = _serve_again("--db", str(serve_process.db), "--grpc-port", "0", "--http-port", "0")
-        line = _one_error_line(result)
-        assert str(serve_process.db) in line and "in use by another process" in line, line
-    print(f"\n{taken}: {line}")
+    other = str(tmp_path / "other.duckdb")
+    lines = {}
+    result = _serve_again("--db", other, "--grpc-port", str(grpc_port), "--http-port", str(_free_port()))
+    lines["grpc"] = line = _one_error_line(result)
+    assert f"127.0.0.1:{grpc_port} " in line and "--grpc-port" in line, line
+    result = _serve_again("--db", other, "--grpc-port", str(_free_port()), "--http-port", str(http_port))
+    lines["http"] = line = _one_error_line(result)
+    assert f"127.0.0.1:{http_port} " in line and "--http-port" in line, line
+    result = _serve_again("--db", str(serve_process.db), "--grpc-port", "0", "--http-port", "0")
+    lines["file"] = line = _one_error_line(result)
+    assert str(serve_process.db) in line and "in use by another process" in line, line
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in lines.items()))
+    assert not Path(other).exists(), "a serve that could not listen must not create its file"
     # The first server is unharmed and still serving.
     r = httpx.get(f"{serve_process.http_url}/health", timeout=10)
     assert r.status_code == 200 and r.json()["ok"] is True

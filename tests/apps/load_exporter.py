@@ -10,7 +10,7 @@ Batch ``b`` of client ``c`` is one request holding one trace: trace id = ``c`` (
 trace id, how many times a batch was stored.
 
 A batch's index is appended to ``--acks`` (flushed and fsynced) only after the server answered OK (gRPC) or
-200 (HTTP) with no rejected spans. Retryable answers (gRPC UNAVAILABLE / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED,
+200 (HTTP) with no rejected spans. Retryable answers (the gRPC codes OTLP calls retryable: UNAVAILABLE, RESOURCE_EXHAUSTED, CANCELLED, ...;
 HTTP 429 / 503, connection errors) are retried with exponential backoff and jitter; anything else is a
 permanent failure of that batch (counted, not retried). ``--give-up`` ends the run when nothing was
 acknowledged for that many seconds (the server is gone for good); ``--deadline`` caps the whole run.
@@ -47,7 +47,16 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TRACE_SUFFIX = bytes.fromhex("a1b2c3d4e5f60718")
 MARKER = bytes.fromhex("f00dfeedf00dfeedf00dfeedf00dfeed")
-RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+# The codes OTLP/gRPC says a client may retry (CANCELLED is what a request queued in a stopping server gets).
+RETRYABLE_GRPC = {
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DATA_LOSS,
+}
 RETRYABLE_HTTP = {429, 502, 503, 504}
 
 
