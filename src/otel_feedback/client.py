@@ -58,7 +58,8 @@ def arrow_from_server(
     if resp.status_code != 200:
         raise _error(resp)
     reader = pa.ipc.open_stream(resp.content)
-    return reader, []
+    json_cols = (reader.schema.metadata or {}).get(b"otel_feedback.json_columns")
+    return reader, json.loads(json_cols) if json_cols else []
 
 
 def _record(

@@ -33,6 +33,8 @@ from .store.query import check_sql, run
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 FORMATS = {"json": "application/json", "csv": "text/csv", "ndjson": "application/x-ndjson", "arrow": ARROW_STREAM}
 _ACCEPT = {v: k for k, v in FORMATS.items()}
+JSON_COLUMNS = b"otel_feedback.json_columns"
+"""Arrow schema metadata key: a JSON list of the result's columns that hold JSON text (DuckDB's JSON type)."""
 
 READ_QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
 """Query node types a query's syntax tree may hold (DELETE/INSERT/UPDATE/MERGE nodes write)."""
@@ -204,7 +206,9 @@ class QueryEndpoint:
 
             with _Interrupter(cur, self.settings.query_timeout_ms) as guard:
                 try:
-                    reader = cur.sql(sql, params=params).to_arrow_reader(min(max_rows + 1, 65_536))
+                    rel = cur.sql(sql, params=params)
+                    json_cols = [n for n, t in zip(rel.columns, rel.types, strict=True) if str(t) == "JSON"]
+                    reader = rel.to_arrow_reader(min(max_rows + 1, 65_536))
                     batches = []
                     n = 0
                     for batch in reader:
@@ -220,6 +224,10 @@ class QueryEndpoint:
                             "(raise OTEL_FEEDBACK_QUERY_TIMEOUT_MS)"
                         ) from None
                     raise QueryError(str(exc)) from None
+            if json_cols:  # Arrow has no JSON type here: name the columns that hold JSON text
+                table = table.replace_schema_metadata(
+                    {**(table.schema.metadata or {}), JSON_COLUMNS: orjson.dumps(json_cols)}
+                )
             return table.slice(0, max_rows), table.num_rows > max_rows
 
         return self._run_rolled_back(sql, fetch)

@@ -94,6 +94,8 @@ WITH merged AS (
            p.last_feedback_time
     FROM span_rows s
     LEFT JOIN feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival) p USING (trace_id, span_id)
+    -- by arrival: what the file held then, so spans not yet received are not there either
+    WHERE NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS)
 )
 SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time, duration_ms,
        status_code, status_message, attributes,
@@ -245,7 +247,7 @@ WITH evals AS (
     SELECT a.trace_id,
            list({'span_name': s.name, 'name': a.name, 'label': a.label, 'score': a.score,
                  'explanation': a.explanation, 'annotator_kind': a.annotator_kind, 'source_id': a.source_id}
-                ORDER BY s.start_time, a.name) AS evaluations
+                ORDER BY s.start_time, a.name, a.annotator_kind, a.source_id NULLS FIRST) AS evaluations
     FROM annotations a JOIN span_rows s USING (trace_id, span_id)
     GROUP BY a.trace_id
 ), child_feedback AS (
