@@ -469,8 +469,8 @@ def _y(value: float, lo: float, hi: float) -> float:
     return _TOP + plot * (1 - (value - lo) / (hi - lo))
 
 
-def _frame(ticks: Sequence[tuple[float, str]], lo: float, hi: float, labels: Sequence[str]) -> list[str]:
-    """Grid lines with y tick labels, the x axis, and (at most 12 shown) x labels."""
+def _frame(ticks: Sequence[tuple[float, str]], lo: float, hi: float, axis: Sequence[str]) -> list[str]:
+    """Grid lines with y tick labels, the x axis, and as many x labels (``axis``) as fit without overlapping."""
     out = []
     for value, text in ticks:
         y = _y(value, lo, hi)
@@ -478,8 +478,9 @@ def _frame(ticks: Sequence[tuple[float, str]], lo: float, hi: float, labels: Seq
         out.append(f'<text class="y-tick" x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_e(text)}</text>')
     base = _H - _BOTTOM
     out.append(f'<line class="axis" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{base}" y2="{base}"/>')
-    step = max(1, math.ceil(len(labels) / 12))
-    for i, (x, text) in enumerate(zip(_x_positions(len(labels)), labels, strict=True)):
+    widest = max((len(a) for a in axis), default=1) * 7 + 12
+    step = max(1, math.ceil(len(axis) / max(1, (_W - _LEFT - _RIGHT) // widest)))
+    for i, (x, text) in enumerate(zip(_x_positions(len(axis)), axis, strict=True)):
         if i % step == 0:
             out.append(f'<text class="x-label" x="{x:.1f}" y="{base + 16}" text-anchor="middle">{_e(text)}</text>')
     return out
@@ -502,9 +503,11 @@ def line_chart(
     hi: float,
     ticks: Sequence[tuple[float, str]],
     fmt: Callable[[float], str],
+    axis: Sequence[str] | None = None,
 ) -> str:
-    """A line with one ``circle.point`` per bucket that has a value (gaps where it has none)."""
-    body = _frame(ticks, lo, hi, labels)
+    """A line with one ``circle.point`` per bucket that has a value (gaps where it has none); ``labels`` name
+    the buckets (tooltips, ``data-bucket``), ``axis`` is the shorter text under the axis."""
+    body = _frame(ticks, lo, hi, axis if axis is not None else labels)
     points = [
         (x, _y(v, lo, hi), label, v)
         for x, label, v in zip(_x_positions(len(labels)), labels, values, strict=True)
@@ -539,11 +542,18 @@ def _nice_max(n: float) -> int:
     return int(10 * magnitude)
 
 
-def volume_chart(chart_id: str, labels: Sequence[str], traces: Sequence[int], feedback: Sequence[int]) -> str:
+def volume_chart(
+    chart_id: str,
+    labels: Sequence[str],
+    traces: Sequence[int],
+    feedback: Sequence[int],
+    axis: Sequence[str] | None = None,
+) -> str:
     """Two bars per bucket: all traces (gray) and traces with feedback (blue)."""
     top = _nice_max(max([*traces, 1]))
-    ticks = [(top * k / 4, f"{top * k / 4:g}") for k in range(5)]
-    body = _frame(ticks, 0, top, labels)
+    step = 1 if top <= 5 else 2 if top <= 10 else top // 5
+    ticks = [(float(v), str(v)) for v in range(0, top + 1, step)]
+    body = _frame(ticks, 0, top, axis if axis is not None else labels)
     n = max(len(labels), 1)
     width = (_W - _LEFT - _RIGHT) / n * 0.36
     base = _H - _BOTTOM
@@ -636,35 +646,51 @@ def _worst_table(data: ReportData) -> str:
     return table.replace("<td>", '<td class="text">')
 
 
+def _filled(trend: list[dict[str, Any]], unit: str) -> list[tuple[datetime, dict[str, Any]]]:
+    """Every day (hour) from the first bucket to the last, so the x axis is time; empty buckets as ``{}``."""
+    rows = {r["bucket"]: r for r in trend if isinstance(r.get("bucket"), datetime)}
+    if not rows:
+        return []
+    step = timedelta(days=1) if unit == "day" else timedelta(hours=1)
+    first, last = min(rows), max(rows)
+    count = min(int((last - first) / step) + 1, 5000)
+    return [(first + i * step, rows.get(first + i * step, {})) for i in range(count)]
+
+
 def render_html(data: ReportData) -> str:
     """One self-contained HTML page: no script, no network (a Content-Security-Policy forbids both)."""
     unit = data.trend_unit
-    labels = [_when(r["bucket"], unit) for r in data.trend]
+    series = _filled(data.trend, unit)
+    labels = [_when(t, unit) for t, _r in series]
+    axis = [t.strftime("%b %d" if unit == "day" else "%b %d %H:00") for t, _r in series]
     satisfaction = line_chart(
         "chart-satisfaction",
         "Satisfaction (positive rate)",
         labels,
-        [r.get("positive_rate") for r in data.trend],
+        [r.get("positive_rate") for _t, r in series],
         lo=0.0,
         hi=1.0,
         ticks=[(k / 4, f"{k * 25}%") for k in range(5)],
         fmt=lambda v: f"{v:.1%}",
+        axis=axis,
     )
     rating = line_chart(
         "chart-rating",
         "Mean rating",
         labels,
-        [r.get("mean_rating") for r in data.trend],
+        [r.get("mean_rating") for _t, r in series],
         lo=1.0,
         hi=5.0,
         ticks=[(float(k), str(k)) for k in range(1, 6)],
         fmt=lambda v: f"{v:.2f}",
+        axis=axis,
     )
     volume = volume_chart(
         "chart-volume",
         labels,
-        [int(r.get("traces") or 0) for r in data.trend],
-        [int(r.get("traces_with_feedback") or 0) for r in data.trend],
+        [int(r.get("traces") or 0) for _t, r in series],
+        [int(r.get("traces_with_feedback") or 0) for _t, r in series],
+        axis=axis,
     )
     parts = [
         "<!doctype html>",
