@@ -58,11 +58,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "p.duckdb")
         try:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(0, len(tables), 10):
                 store.append({"span_log": pa.concat_tables(tables[i : i + 10])}, timeout=120)
-            t_app = time.perf_counter() - t0
-            print(f"append  {n / t_app:12,.0f} spans/s  (10 requests per commit; wall time)")
+            t_app, c_app = time.perf_counter() - t0, time.process_time() - c0
+            print(
+                f"append  {n / t_app:12,.0f} spans/s  ({c_app / n * 1e6:.1f} us/span CPU incl. DuckDB's threads; "
+                "10 requests per commit)"
+            )
         finally:
             store.close()
 

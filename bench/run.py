@@ -791,6 +791,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sdk-senders", type=int, default=2, help="SDK exporter processes (2)")
     ap.add_argument("--traces-per-request", type=int, default=100, help="traces per raw export (~4.8 spans each)")
     ap.add_argument("--templates", type=int, default=4, help="distinct prebuilt requests per sender")
+    ap.add_argument("--patches", type=int, default=0, help="PATCH requests timed one at a time (1000; quick 50)")
+    ap.add_argument("--batch-items", type=int, default=0, help="feedback items sent in batches of 1000 (50,000)")
+    ap.add_argument("--visible", type=int, default=0, help="feedback-to-visible samples (100; quick 10)")
     ap.add_argument("--load-rate", type=float, default=20_000, help="spans/s of ingest while querying (20,000)")
     ap.add_argument("--phase-timeout", type=float, default=120, help="time cap of each feedback phase, s")
     ap.add_argument("--env", action="append", default=[], metavar="K=V", help="extra env for the server")
@@ -800,9 +803,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q = args.quick
     args.spans = args.spans if args.spans is not None else (30_000 if q else 1_000_000)
     args.seconds = args.seconds if args.seconds is not None else (4.0 if q else 20.0)
-    args.patches = 50 if q else 1000
-    args.batch_items = 2_000 if q else 50_000
-    args.visible = 10 if q else 100
+    args.patches = args.patches or (50 if q else 1000)
+    args.batch_items = args.batch_items or (2_000 if q else 50_000)
+    args.visible = args.visible or (10 if q else 100)
     args.reps = 1 if q else 3
     if q:
         args.templates = min(args.templates, 2)
