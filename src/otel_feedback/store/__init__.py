@@ -112,6 +112,10 @@ class Store:
         """Queue rows; the future completes when they are committed. Never blocks."""
         return self._writer().submit(tables)
 
+    def check_room(self, rows: int) -> None:
+        """:class:`QueueFull` now if the writer's queue cannot take ``rows`` (checked again on submit)."""
+        self._writer().check_room(rows)
+
     def append(self, tables: Mapping[str, pa.Table], timeout: float | None = 60.0) -> int:
         """Queue rows and wait until they are committed; the number of rows."""
         future = self.submit(tables)

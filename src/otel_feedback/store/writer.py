@@ -122,18 +122,27 @@ class Writer:
         self._enqueue(job)
         return job.future
 
+    def check_room(self, rows: int) -> None:
+        """Raise :class:`QueueFull` now if ``rows`` would not fit, so a receiver can refuse a request
+        before spending CPU and memory decoding it (a hint: ``submit`` decides for real)."""
+        with self._cond:
+            self._refuse_if_full(rows)
+
+    def _refuse_if_full(self, rows: int) -> None:
+        # A request larger than the whole queue is still taken when the queue is empty, else it
+        # could never succeed.
+        if self._queued_rows and self._queued_rows + rows > self._queue_rows:
+            self.stats.rejected_full += 1
+            raise QueueFull(
+                f"the write queue is full ({self._queued_rows} rows waiting, "
+                f"OTEL_FEEDBACK_QUEUE_ROWS={self._queue_rows}); retry later"
+            )
+
     def _enqueue(self, job: _Job) -> None:
         with self._cond:
             if self._closed:
                 raise StoreUnavailable("the store is closed; nothing more can be written")
-            # A request larger than the whole queue is still taken when the queue is empty, else it
-            # could never succeed.
-            if self._queued_rows and self._queued_rows + job.rows > self._queue_rows:
-                self.stats.rejected_full += 1
-                raise QueueFull(
-                    f"the write queue is full ({self._queued_rows} rows waiting, "
-                    f"OTEL_FEEDBACK_QUEUE_ROWS={self._queue_rows}); retry later"
-                )
+            self._refuse_if_full(job.rows)
             self._queue.append(job)
             self._queued_rows += job.rows
             self._cond.notify_all()
