@@ -55,7 +55,7 @@ class ReportData:
     services: list[dict[str, Any]] = field(default_factory=list)
     models: list[dict[str, Any]] = field(default_factory=list)
     trend_unit: str = "day"
-    """``day`` or ``hour`` (hours when the traces in scope span less than two days)."""
+    """``day``, or ``hour`` when the traces in scope fall on at most two (UTC) days."""
     trend: list[dict[str, Any]] = field(default_factory=list)
     worst: list[dict[str, Any]] = field(default_factory=list)
     """The worst traces (``worst_traces`` view), ``evaluations`` and ``child_feedback`` as lists of dicts."""
@@ -149,11 +149,11 @@ def collect(
     summary_rows = view("feedback_summary")
     summary = _numbers(summary_rows[0]) if summary_rows else _empty_summary()
     summary.pop("scope", None)
-    span = rows("SELECT min(start_time) AS first, max(start_time) AS last FROM traces")[0]
     unit = "day"
-    if span["first"] is not None and span["last"] - span["first"] < timedelta(days=2):
+    trend = [_numbers(r) for r in view("feedback_by_day")]
+    if 0 < len(trend) <= 2:  # a day or two of traces: per hour says more
         unit = "hour"
-    trend = [_numbers(r) for r in view(f"feedback_by_{unit}")]
+        trend = [_numbers(r) for r in view("feedback_by_hour")]
     for r in trend:
         r["bucket"] = r.pop(unit)
     worst_rows = view("worst_traces", f"\nLIMIT {int(worst)}") if worst > 0 else []
