@@ -127,6 +127,7 @@ class Run:
         self.codes: collections.Counter[str] = collections.Counter()
         self.hinted = 0
         self.unhinted = 0
+        self.unhinted_details: list[str] = []
         self.max_hint = 0.0
         self.acked = 0
         self.failed = 0
@@ -147,7 +148,7 @@ class Run:
             self.last_ack = time.monotonic()
             self.codes["OK"] += 1
 
-    def note(self, code: str, hint: float | None, retryable: bool) -> None:
+    def note(self, code: str, hint: float | None, retryable: bool, details: str | None = None) -> None:
         with self.lock:
             self.codes[code] += 1
             if retryable and hint is not None:
@@ -155,6 +156,8 @@ class Run:
                 self.max_hint = max(self.max_hint, hint)
             elif retryable:
                 self.unhinted += 1
+                if len(self.unhinted_details) < 20:
+                    self.unhinted_details.append(str(details or ""))
 
     def should_stop(self) -> bool:
         now = time.monotonic()
@@ -206,7 +209,7 @@ class Run:
                     code = err.code()  # type: ignore[attr-defined]
                     retryable = code in RETRYABLE_GRPC
                     hint = grpc_retry_hint(err)
-                    self.note(code.name if hint is not None else f"{code.name}(no hint)", hint, retryable)
+                    self.note(code.name if hint is not None else f"{code.name}(no hint)", hint, retryable, err.details())
                     return "retry" if retryable else "permanent"
                 if response.partial_success.rejected_spans:
                     self.note("PARTIAL", None, False)
@@ -280,6 +283,7 @@ def main() -> int:
         "codes": dict(run.codes),
         "hinted": run.hinted,
         "unhinted": run.unhinted,
+        "unhinted_details": run.unhinted_details,
         "max_hint": run.max_hint,
         "seconds": round(time.monotonic() - run.started, 3),
     }
