@@ -283,6 +283,37 @@ class Api:
         except Exception as exc:
             return _api_error(exc)
 
+    async def phoenix_note(self, request: Request) -> Response:
+        """Phoenix's ``POST /v1/span_notes`` (and ``/v1/trace_notes``): ``{"data": {"span_id"|"trace_id", "note",
+        "identifier"?}}`` -> ``{"data": {"id": ...}}``. As in Phoenix, a note is an annotation named ``note``
+        by a HUMAN with the text as its explanation, and notes accumulate (each is a new record); the latest
+        note per ``identifier`` is current. Unlike Phoenix, a note for a span not yet stored is kept."""
+        level = "span" if request.url.path.endswith("span_notes") else "trace"
+        target = f"{level}_id"
+        try:
+            body = await self._json_body(request)
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, dict) or set(body) != {"data"}:
+                raise InvalidRequest(f'body: expected {{"data": {{"{target}": ..., "note": ...}}}}')
+            unknown = sorted(set(data) - {target, "note", "identifier"})
+            if unknown:
+                raise InvalidRequest(f"data: unknown field {unknown[0]!r}; allowed: identifier, note, {target}")
+            if data.get(target) is None:
+                raise InvalidRequest(f"data.{target}: required")
+            note, identifier = data.get("note"), data.get("identifier")
+            if not isinstance(note, str) or not note.strip():
+                raise InvalidRequest("data.note: must be a non-empty string")
+            if identifier is not None and not isinstance(identifier, str):
+                raise InvalidRequest("data.identifier: must be a string")
+            record = {target: data[target], "name": "note", "explanation": note, "source": {"kind": "HUMAN"}}
+            if identifier:  # as for annotations: the latest note per identifier is current
+                record["source"]["id"] = identifier
+            row = self.ingest.parse_record(record, channel=f"phoenix_{level}_note", where="data")
+            await run_in_threadpool(self.ingest.feedback, [row])
+            return json_response({"data": {"id": row.feedback_id}})
+        except Exception as exc:
+            return _api_error(exc)
+
     async def get_configs(self, request: Request) -> Response:
         config = self.ingest.config
         decls = sorted(config.declarations.values(), key=lambda d: d.name)
@@ -330,6 +361,8 @@ class Api:
             Route("/v1/feedback", self.feedback_batch, methods=["POST"]),
             Route("/v1/span_annotations", self.phoenix, methods=["POST"]),
             Route("/v1/trace_annotations", self.phoenix, methods=["POST"]),
+            Route("/v1/span_notes", self.phoenix_note, methods=["POST"]),
+            Route("/v1/trace_notes", self.phoenix_note, methods=["POST"]),
             Route("/v1/query", self.query, methods=["POST", "GET"]),
             Route("/v1/feedback_configs", self.get_configs, methods=["GET"]),
             Route("/v1/feedback_configs", self.post_configs, methods=["POST"]),

@@ -511,7 +511,8 @@ def parse_phoenix(
     body: Any, *, level: str, limits: Limits, config: FeedbackConfig, received_at_ns: int | None = None
 ) -> list[FeedbackRow]:
     """Phoenix's ``{"data": [{span_id|trace_id, name, annotator_kind, result: {label, score, explanation},
-    metadata, identifier}]}`` -> rows. An ``identifier`` makes the record idempotent per target and name."""
+    metadata, identifier}]}`` -> rows. The ``identifier`` becomes the source id: as in Phoenix, annotations
+    with one name on one target but different identifiers are kept apart, and the latest per identifier wins."""
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise InvalidRequest('body: expected {"data": [ ... ]}')
     received = received_at_ns or time.time_ns()
@@ -546,8 +547,9 @@ def parse_phoenix(
             "source": {"kind": item.get("annotator_kind") or "HUMAN"},
         }
         if identifier:
-            tid = target.get("span_id") or target.get("trace_id")
-            record["id"] = f"phoenix:{tid}:{item.get('name')}:{identifier}"[:MAX_ID_CHARS]
+            # Phoenix keys an annotation by (target, name, identifier) and updates it in place; here the
+            # identifier names the source, so each identifier's latest annotation is the current one
+            record["source"]["id"] = identifier
         if record["name"] is None:
             raise InvalidRequest(f"{where}.name: required")
         rows.append(
