@@ -15,7 +15,7 @@ from .config import (
     OTEL_FEEDBACK_URL,
     Settings,
 )
-from .errors import ConfigError, OtelFeedbackError
+from .errors import ConfigError, DatabaseLocked, OtelFeedbackError
 from .output import TEXT_FORMATS, file_format, write_file, write_text
 from .store import Store
 from .store.query import check_sql, parse_param
@@ -104,21 +104,38 @@ def query(
     """
     sql = _read_sql(sql)
     bound = _params(params)
-    if url:
-        from .client import query_server
+    if not url:
+        settings = Settings.load(db=db)
+        check_sql(sql, _ANY)
+        try:
+            store = Store(settings.db, read_only=True)
+        except DatabaseLocked as exc:
+            url = _server_holding(settings.db, exc)
+        else:
+            with store:
+                columns, types, chunks = store.stream(sql, bound)
+                if max_rows is not None:
+                    chunks = _limit(chunks, max_rows)
+                write_text(fmt, columns, types, chunks, sys.stdout)
+            return
+    from .client import query_server
 
-        result = query_server(url, sql, bound, max_rows=max_rows)
-        write_text(fmt, result.columns, result.types, [result.rows], sys.stdout)
-        if result.truncated:
-            click.echo(f"(truncated at {len(result.rows)} rows)", err=True)
-        return
-    settings = Settings.load(db=db)
-    check_sql(sql, _ANY)
-    with Store(settings.db, read_only=True) as store:
-        columns, types, chunks = store.stream(sql, bound)
-        if max_rows is not None:
-            chunks = _limit(chunks, max_rows)
-        write_text(fmt, columns, types, chunks, sys.stdout)
+    result = query_server(url, sql, bound, max_rows=max_rows)
+    write_text(fmt, result.columns, result.types, [result.rows], sys.stdout)
+    if result.truncated:
+        click.echo(f"(truncated at {len(result.rows)} rows)", err=True)
+
+
+def _server_holding(path: str, exc: DatabaseLocked) -> str:
+    """The URL of the running server that holds ``path`` (it is asked which file it writes), else ``exc``."""
+    from .client import server_holding
+
+    settings = Settings.load()
+    found = server_holding(path, [u for u in (settings.url, f"http://127.0.0.1:{settings.http_port}") if u])
+    if found is None:
+        raise exc
+    click.echo(f"({path} is held by the server at {found}; asking it)", err=True)
+    return found
 
 
 def _limit(chunks: Any, n: int) -> Any:
@@ -164,16 +181,23 @@ def export(
     sql = _read_sql(sql)
     kind = file_format(output, fmt)
     bound = _params(params)
-    if url:
-        from .client import arrow_from_server
-
-        reader, json_cols = arrow_from_server(url, sql, bound)
-        rows = write_file(reader, output, kind, json_cols)
-    else:
+    store = None
+    if not url:
         settings = Settings.load(db=db)
-        with Store(settings.db, read_only=True) as store:
+        try:
+            store = Store(settings.db, read_only=True)
+        except DatabaseLocked as exc:
+            url = _server_holding(settings.db, exc)
+    if store is not None:
+        with store:
             reader, json_cols = store.batches(check_sql(sql, _ANY), bound)
             rows = write_file(reader, output, kind, json_cols)
+    else:
+        from .client import arrow_from_server
+
+        assert url is not None
+        reader, json_cols = arrow_from_server(url, sql, bound)
+        rows = write_file(reader, output, kind, json_cols)
     click.echo(f"wrote {rows} row{'s' if rows != 1 else ''} to {output} ({kind})", err=True)
 
 
