@@ -554,7 +554,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="attr_storage_", dir=args.tmpdir)
     results: dict[str, dict[str, Any]] = {}
     fidelity: dict[str, dict[str, str]] = {}
-    alt: list[tuple[str, int, float, float]] = []
+    alt: list[tuple[str, int, float, float, float]] = []
     try:
         for name in [c.strip() for c in args.candidates.split(",") if c.strip()]:
             cand = CANDIDATES[name]
