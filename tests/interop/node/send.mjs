@@ -4,9 +4,12 @@
 // exactly what was handed to the exporters.
 //
 // Usage: node send.mjs <grpc|http-json|http-proto> <endpoint> <out.json> [--compression=gzip|none]
+//                       [--feedback-extra]
 //   grpc:        endpoint is the gRPC target, e.g. http://127.0.0.1:4317
 //   http-*:      endpoint is the base URL, e.g. http://127.0.0.1:4318 ;
 //                /v1/traces and /v1/logs are appended.
+//   --feedback-extra: also send the extra feedback described at emitExtraFeedback (off by default,
+//                so the default set of spans and logs never changes).
 //
 // Exit status: 0 only if every span/log export call reported SUCCESS and both
 // providers flushed and shut down cleanly; 1 otherwise (message on stderr).
@@ -51,7 +54,8 @@ const EXPORT_TIMEOUT_MS = 10_000;
 function usage(msg) {
   if (msg) process.stderr.write(`send.mjs: ${msg}\n`);
   process.stderr.write(
-    'usage: node send.mjs <grpc|http-json|http-proto> <endpoint> <out.json> [--compression=gzip|none]\n',
+    'usage: node send.mjs <grpc|http-json|http-proto> <endpoint> <out.json> [--compression=gzip|none] ' +
+      '[--feedback-extra]\n',
   );
   process.exit(2);
 }
@@ -60,7 +64,12 @@ const [protocol, endpointArg, outPath, ...rest] = process.argv.slice(2);
 if (!protocol || !endpointArg || !outPath) usage('missing arguments');
 if (!PROTOCOLS.includes(protocol)) usage(`unknown protocol ${JSON.stringify(protocol)}`);
 let compression = 'none';
+let feedbackExtra = false;
 for (const opt of rest) {
+  if (opt === '--feedback-extra') {
+    feedbackExtra = true;
+    continue;
+  }
   const m = /^--compression=(gzip|none)$/.exec(opt);
   if (!m) usage(`unknown option ${JSON.stringify(opt)}`);
   compression = m[1];
@@ -268,6 +277,60 @@ function describeLog(r) {
 }
 
 // ---------------------------------------------------------------------------
+// Extra feedback (only with --feedback-extra)
+// ---------------------------------------------------------------------------
+
+const EXTRA_SPANS = 1;
+const EXTRA_LOGS = 3;
+
+// Feedback in the other shapes the OTel JS SDK can carry it:
+//  - log `gen_ai.evaluation.result` on `retrieve`: name relevance, score 0.25, label irrelevant,
+//    explanation, gen_ai.response.model=judge-model;
+//  - log `feedback` on `llm` with a map body {user_feedback_category: "timeout"}, feedback.id=node-fb-1,
+//    user.id=u-node, user_feedback=thumbs_down;
+//  - log on `llm` named only by the older `event.name` attribute (`user_feedback`, no eventName field),
+//    user_feedback_comment="too slow";
+//  - span `judge` (root of a new trace) with a `feedback` span event naming `chat` through
+//    feedback.trace_id / feedback.span_id (user_feedback_category="incorrect") and a
+//    `gen_ai.evaluation.result` span event about itself (faithfulness, 0.5, partial).
+function emitExtraFeedback({ tracer, logger, chat, retrieve, llm, eventNameAsField }) {
+  const on = span => trace.setSpan(ROOT_CONTEXT, span);
+  const named = (eventName, attributes) =>
+    eventNameAsField ? { eventName, attributes } : { attributes: { ...attributes, 'event.name': eventName } };
+  logger.emit({
+    ...named('gen_ai.evaluation.result', {
+      'gen_ai.evaluation.name': 'relevance',
+      'gen_ai.evaluation.score.value': 0.25,
+      'gen_ai.evaluation.score.label': 'irrelevant',
+      'gen_ai.evaluation.explanation': 'the FAQ was not retrieved',
+      'gen_ai.response.model': 'judge-model',
+    }),
+    context: on(retrieve),
+  });
+  logger.emit({
+    ...named('feedback', { 'feedback.id': 'node-fb-1', 'user.id': 'u-node', user_feedback: 'thumbs_down' }),
+    body: { user_feedback_category: 'timeout' },
+    context: on(llm),
+  });
+  logger.emit({
+    attributes: { 'event.name': 'user_feedback', user_feedback_comment: 'too slow' },
+    context: on(llm),
+  });
+  const judge = tracer.startSpan('judge', { kind: SpanKind.INTERNAL, root: true });
+  judge.addEvent('feedback', {
+    'feedback.trace_id': chat.spanContext().traceId,
+    'feedback.span_id': chat.spanContext().spanId,
+    user_feedback_category: 'incorrect',
+  });
+  judge.addEvent('gen_ai.evaluation.result', {
+    'gen_ai.evaluation.name': 'faithfulness',
+    'gen_ai.evaluation.score.value': 0.5,
+    'gen_ai.evaluation.score.label': 'partial',
+  });
+  judge.end();
+}
+
+// ---------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------
 
@@ -375,6 +438,8 @@ async function main() {
   });
   feedback.end();
 
+  if (feedbackExtra) emitExtraFeedback({ tracer, logger, chat, retrieve, llm, eventNameAsField });
+
   // --- flush & shutdown ----------------------------------------------------
   for (const [what, fn] of [
     ['tracer provider forceFlush', () => tracerProvider.forceFlush()],
@@ -389,8 +454,8 @@ async function main() {
     }
   }
 
-  const expectedSpans = 4;
-  const expectedLogs = 2;
+  const expectedSpans = 4 + (feedbackExtra ? EXTRA_SPANS : 0);
+  const expectedLogs = 2 + (feedbackExtra ? EXTRA_LOGS : 0);
   problems.push(...spanState.errors, ...logState.errors);
   for (const c of [...spanState.calls, ...logState.calls]) {
     if (c.result === null) problems.push(`${c.signal} export of ${c.count} item(s) never completed`);
@@ -408,6 +473,7 @@ async function main() {
     problems,
     protocol,
     compression,
+    feedbackExtra,
     endpoint,
     traceUrl,
     logsUrl,
