@@ -22,12 +22,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
@@ -393,3 +399,59 @@ def test_session_annotation_carrier_is_not_a_trace_of_the_session(server: Server
     provider.shutdown()
     rows = sql(server, "SELECT s.name FROM annotations a JOIN spans s USING (trace_id, span_id) ORDER BY s.name")
     assert rows == [{"name": "turn"}]
+
+
+def test_a_retried_otlp_log_export_is_one_feedback_record(server: Server) -> None:
+    """Exporters retry (UNAVAILABLE, timeouts, a Collector's retry queue): the same log record sent
+    again, over the same or another transport, must not count twice - as for span events."""
+    trace_id, span_id = "1f" * 16, "2e" * 8
+    record = LogRecord(
+        time_unix_nano=T0,
+        event_name="user_feedback",
+        trace_id=bytes.fromhex(trace_id),
+        span_id=bytes.fromhex(span_id),
+        attributes=[
+            KeyValue(key="user_feedback", value=AnyValue(string_value="negative")),
+            KeyValue(key="user_feedback_rating", value=AnyValue(int_value=2)),
+        ],
+    )
+    other = LogRecord(
+        time_unix_nano=T0 + 1,
+        event_name="user_feedback",
+        trace_id=bytes.fromhex(trace_id),
+        span_id=bytes.fromhex(span_id),
+        attributes=[KeyValue(key="user_feedback_comment", value=AnyValue(string_value="second thought"))],
+    )
+    request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[record])])])
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        export = channel.unary_unary(
+            "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+            request_serializer=ExportLogsServiceRequest.SerializeToString,
+            response_deserializer=ExportLogsServiceResponse.FromString,
+        )
+        export(request, timeout=10)
+        export(request, timeout=10)  # the retry
+    with httpx.Client(base_url=server.http_url) as http:  # and once more over OTLP/HTTP
+        r = http.post(
+            "/v1/logs", content=request.SerializeToString(), headers={"content-type": "application/x-protobuf"}
+        )
+        assert r.status_code == 200
+        again = ExportLogsServiceRequest(
+            resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[other])])]
+        )  # a different record is a new one
+        r = http.post("/v1/logs", content=again.SerializeToString(), headers={"content-type": "application/x-protobuf"})
+        assert r.status_code == 200
+    assert sql(server, "SELECT count(*) AS n FROM log_records") == [{"n": 4}]  # the log table keeps what came
+    assert sql(server, "SELECT count(*) AS n FROM feedback") == [{"n": 2}]
+    span = Span(trace_id=bytes.fromhex(trace_id), span_id=bytes.fromhex(span_id), name="late", end_time_unix_nano=T0)
+    with httpx.Client(base_url=server.http_url) as http:
+        req = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])])
+        r = http.post("/v1/traces", content=req.SerializeToString(), headers={"content-type": "application/x-protobuf"})
+        assert r.status_code == 200
+    row = _span_row(server, span_id)
+    assert (row["user_feedback"], row["user_feedback_rating"], row["user_feedback_comment"], row["feedback_count"]) == (
+        "negative",
+        2.0,
+        "second thought",
+        2,
+    )
