@@ -8,7 +8,8 @@ times are common) given as ``timestamp`` / ``user_feedback_timestamp`` / epoch s
 duplicates by feedback id. The same scenario is then sent to one real server in three orders
 (spans first, feedback first, a drawn permutation), each order in its own namespace of fresh
 trace / span ids, through the real ways in: OTLP traces (gRPC and HTTP protobuf, carrying
-feedback span events), ``PATCH /v1/traces/...`` and ``POST /v1/feedback``.
+feedback span events), ``PATCH /v1/traces/...``, ``POST /v1/feedback`` and the gRPC
+``FeedbackService/BatchPatch`` (where an empty ``AnyValue`` is the ``null`` that deletes).
 
 For every order the ``spans`` view (merged attributes, the ``user_feedback*`` columns,
 ``feedback_count``, ``last_feedback_time``) must equal a model computed here from the documented
@@ -41,6 +42,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
+from otel_feedback._pb import feedback_pb2
 from otel_feedback.server import Server
 
 from .conftest import make_server, sql
@@ -140,7 +142,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             target = (kind, draw(st.integers(0, len(traces) - 1)))
         else:
             target = ("session",)
-        ways = ["batch"] + (["patch", "event"] if kind in ("span", "trace") else [])
+        ways = ["batch", "grpc"] + (["patch", "event"] if kind in ("span", "trace") else [])
         way = draw(st.sampled_from(ways))
         attrs = draw(_attrs(allow_null=way != "event"))
         k = draw(st.integers(0, 5))
@@ -262,6 +264,8 @@ def _body(ns: Namespace, r: Rec, *, in_path: bool) -> dict[str, Any]:
 
 
 def _any(v: Any) -> AnyValue:
+    if v is None:  # FeedbackService: a key with an empty value removes it
+        return AnyValue()
     if isinstance(v, bool):
         return AnyValue(bool_value=v)
     if isinstance(v, int):
@@ -305,9 +309,26 @@ def _span(ns: Namespace, t: int, s: int) -> Span:
     return span
 
 
+def _patch_request(ns: Namespace, r: Rec) -> feedback_pb2.PatchRequest:
+    """The record as FeedbackService takes it (one of a ``BatchPatch``)."""
+    kind, target = r.target[0], feedback_pb2.Target()
+    if kind in ("span", "trace"):
+        target.trace_id = bytes.fromhex(ns.trace_ids[r.target[1]])
+    if kind in ("span", "span_only"):
+        target.span_id = bytes.fromhex(ns.span_ids[r.target[1:]])
+    if kind == "request":
+        target.attribute_key, target.attribute_value = "client_request_id", ns.request_id(r.target[1])
+    elif kind == "session":
+        target.attribute_key, target.attribute_value = "session.id", ns.session
+    req = feedback_pb2.PatchRequest(id=ns.rec_id(r) or "", target=target, attributes=_kvs(_patch_attrs(r)))
+    if r.time_as.startswith("timestamp"):
+        req.time_unix_nano = (T0_S + r.k) * 1_000_000_000
+    return req
+
+
 class Sender:
     """Sends runs of items through the real ways in; consecutive spans go in one export, consecutive
-    batch records in one ``POST /v1/feedback``."""
+    batch records in one ``POST /v1/feedback``, consecutive grpc records in one ``BatchPatch``."""
 
     def __init__(self, server: Server, http: httpx.Client, channel: grpc.Channel) -> None:
         self.server = server
@@ -316,6 +337,11 @@ class Sender:
             "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
             request_serializer=ExportTraceServiceRequest.SerializeToString,
             response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+        self.batch_patch = channel.unary_unary(
+            "/otel_feedback.v1.FeedbackService/BatchPatch",
+            request_serializer=feedback_pb2.BatchPatchRequest.SerializeToString,
+            response_deserializer=feedback_pb2.BatchPatchResponse.FromString,
         )
         self.runs = 0
 
@@ -368,6 +394,10 @@ class Sender:
             )
             r = self.http.patch(url, json=_body(ns, rec, in_path=True))
             assert r.status_code == 200, r.text
+        elif kind == "grpc":
+            patches = [_patch_request(ns, ns.sc.recs[it[1]]) for it in run]
+            resp = self.batch_patch(feedback_pb2.BatchPatchRequest(patches=patches), timeout=30)
+            assert len(resp.ids) == len(run)
         else:
             r = self.http.post(
                 "/v1/feedback", json={"records": [_body(ns, ns.sc.recs[it[1]], in_path=False) for it in run]}
