@@ -7,11 +7,14 @@ must work as they do against Phoenix, and what they send must show on the spans 
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -239,3 +242,45 @@ def test_span_note_before_its_span_is_kept_and_bad_notes_are_refused(server, cli
     ) == [{"explanation": "final"}]
     [note] = _annotations(server, ids["root"])
     assert (note["name"], note["explanation"], note["channel"]) == ("note", "whole conversation", "phoenix_trace_note")
+
+
+def test_annotation_before_its_span_and_the_async_client(server, monkeypatch):
+    """Unlike Phoenix, an annotation for a span not stored yet is accepted and kept; it shows on the
+    span once the span arrives. Sent with the client's ``AsyncClient``."""
+    monkeypatch.setenv("PHOENIX_DISCOVER_CONFIG", "false")
+
+    async def annotate(span_id: str) -> list:
+        client = phoenix_client.AsyncClient(base_url=server.http_url)
+        try:
+            return await client.spans.log_span_annotations(
+                span_annotations=[
+                    {
+                        "name": "groundedness",
+                        "annotator_kind": "LLM",
+                        "span_id": span_id,
+                        "result": {"label": "grounded", "score": 0.9},
+                    }
+                ],
+                sync=True,
+            )
+        finally:
+            await client._client.aclose()
+
+    trace_id, span_id = "7a" * 16, "3c" * 8
+    [inserted] = asyncio.run(annotate(span_id))
+    assert sql(server, "SELECT feedback_id FROM orphan_feedback") == [{"feedback_id": inserted["id"]}]
+    assert _annotations(server, span_id) == []
+    span = Span(trace_id=bytes.fromhex(trace_id), span_id=bytes.fromhex(span_id), name="late", end_time_unix_nano=9)
+    req = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])])
+    with httpx.Client(base_url=server.http_url) as http:
+        r = http.post("/v1/traces", content=req.SerializeToString(), headers={"content-type": "application/x-protobuf"})
+        assert r.status_code == 200
+    [ann] = _annotations(server, span_id)
+    assert (ann["name"], ann["label"], ann["score"], ann["annotator_kind"], ann["span_name"]) == (
+        "groundedness",
+        "grounded",
+        0.9,
+        "LLM",
+        "late",
+    )
+    assert sql(server, "SELECT count(*) AS n FROM orphan_feedback") == [{"n": 0}]
