@@ -19,25 +19,37 @@ QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY seq) = 1
 
 SPAN_ROWS = """
 CREATE OR REPLACE VIEW span_rows AS
-SELECT * FROM span_log
-QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY received_at) = 1
+-- the first copy of each span; picking row ids first keeps the wide columns (attributes) out of the grouping
+SELECT s.* FROM span_log s
+SEMI JOIN (SELECT arg_min(rowid, received_at) AS first FROM span_log GROUP BY trace_id, span_id) d
+    ON s.rowid = d.first
 """
 
 FEEDBACK_TARGETS = """
 CREATE OR REPLACE VIEW feedback_targets AS
+-- Each branch first narrows span_log to the ids the feedback names (a semi-join on a small set), so a
+-- million spans are scanned, not grouped.
 -- a span named by trace and span id
 SELECT f.feedback_id, f.trace_id, f.span_id
 FROM feedback f WHERE f.trace_id IS NOT NULL AND f.span_id IS NOT NULL
 UNION ALL
 -- a span named by span id alone (Phoenix's span annotations): find its trace
 SELECT f.feedback_id, s.trace_id, s.span_id
-FROM feedback f JOIN (SELECT DISTINCT trace_id, span_id FROM span_log) s ON s.span_id = f.span_id
+FROM feedback f
+JOIN (
+    SELECT DISTINCT trace_id, span_id FROM span_log
+    WHERE span_id IN (SELECT span_id FROM feedback WHERE trace_id IS NULL AND span_id IS NOT NULL)
+) s ON s.span_id = f.span_id
 WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL
 UNION ALL
 -- a trace: its root span(s)
 SELECT f.feedback_id, r.trace_id, r.span_id
 FROM feedback f
-JOIN (SELECT DISTINCT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL) r ON r.trace_id = f.trace_id
+JOIN (
+    SELECT DISTINCT trace_id, span_id FROM span_log
+    WHERE parent_span_id IS NULL
+      AND trace_id IN (SELECT trace_id FROM feedback WHERE trace_id IS NOT NULL AND span_id IS NULL)
+) r ON r.trace_id = f.trace_id
 WHERE f.trace_id IS NOT NULL AND f.span_id IS NULL
 UNION ALL
 -- an attribute value (session.id, client_request_id): the root span of every trace carrying it
@@ -45,10 +57,12 @@ SELECT f.feedback_id, r.trace_id, r.span_id
 FROM feedback f
 JOIN (
     SELECT DISTINCT 'session.id' AS target_key, session_id AS target_value, trace_id
-    FROM span_log WHERE session_id IS NOT NULL
+    FROM span_log
+    WHERE session_id IN (SELECT target_value FROM feedback WHERE target_key = 'session.id')
     UNION
     SELECT DISTINCT 'client_request_id', client_request_id, trace_id
-    FROM span_log WHERE client_request_id IS NOT NULL
+    FROM span_log
+    WHERE client_request_id IN (SELECT target_value FROM feedback WHERE target_key = 'client_request_id')
 ) a ON a.target_key = f.target_key AND a.target_value = f.target_value
 JOIN (SELECT DISTINCT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL) r ON r.trace_id = a.trace_id
 WHERE f.trace_id IS NULL AND f.span_id IS NULL
@@ -96,31 +110,43 @@ WITH merged AS (
     LEFT JOIN feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival) p USING (trace_id, span_id)
     -- by arrival: what the file held then, so spans not yet received are not there either
     WHERE NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS)
+), known AS (
+    -- the well-known keys, read with ONE parse of each span's attributes (the cost that dominates at 1 M spans)
+    SELECT *, json_extract(attributes, ['$."user_feedback"', '$."user_feedback_rating"',
+                                        '$."user_feedback_category"', '$."user_feedback_comment"',
+                                        '$."user_feedback_timestamp"', '$."gen_ai.request.model"',
+                                        '$."llm.model_name"']) AS k
+    FROM merged
+), cols AS (
+    SELECT * EXCLUDE (k),
+           k[1]->>'$' AS user_feedback,
+           TRY_CAST(k[2]->>'$' AS DOUBLE) AS user_feedback_rating,
+           k[3]->>'$' AS user_feedback_category,
+           k[4]->>'$' AS user_feedback_comment,
+           k[5] AS ts,
+           coalesce(k[6]->>'$', k[7]->>'$') AS model
+    FROM known
 )
 SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time, duration_ms,
        status_code, status_message, attributes,
-       attributes->>'user_feedback' AS user_feedback,
-       TRY_CAST(attributes->>'user_feedback_rating' AS DOUBLE) AS user_feedback_rating,
-       attributes->>'user_feedback_category' AS user_feedback_category,
-       attributes->>'user_feedback_comment' AS user_feedback_comment,
-       CASE WHEN attributes->>'user_feedback_timestamp' IS NOT NULL THEN
+       user_feedback, user_feedback_rating, user_feedback_category, user_feedback_comment,
+       CASE WHEN ts->>'$' IS NOT NULL THEN
            coalesce(
-               TRY_CAST(TRY_CAST(attributes->>'user_feedback_timestamp' AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
-                        AS TIMESTAMP_NS),
-               TRY_CAST(attributes->>'user_feedback_timestamp' AS TIMESTAMP_NS),
+               TRY_CAST(TRY_CAST(ts->>'$' AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP_NS),
+               TRY_CAST(ts->>'$' AS TIMESTAMP_NS),
                -- epoch seconds (or nanoseconds above 1e17), as feedback.parse_time reads them
-               CASE WHEN json_type(attributes->'user_feedback_timestamp') IN ('UBIGINT', 'BIGINT', 'DOUBLE') THEN
+               CASE WHEN json_type(ts) IN ('UBIGINT', 'BIGINT', 'DOUBLE') THEN
                    TRY(make_timestamp_ns(CASE
-                       WHEN (attributes->>'user_feedback_timestamp')::DOUBLE > 1e17
-                           THEN (attributes->>'user_feedback_timestamp')::HUGEINT
-                       ELSE round((attributes->>'user_feedback_timestamp')::DECIMAL(38, 9) * 1000000000)
+                       WHEN (ts->>'$')::DOUBLE > 1e17 THEN (ts->>'$')::HUGEINT
+                       ELSE round((ts->>'$')::DECIMAL(38, 9) * 1000000000)
                    END::BIGINT))
                END)
        END AS user_feedback_timestamp,
-       feedback_count, last_feedback_time,
+       model, feedback_count, last_feedback_time,
        * EXCLUDE (trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time,
-                  duration_ms, status_code, status_message, attributes, feedback_count, last_feedback_time)
-FROM merged
+                  duration_ms, status_code, status_message, attributes, feedback_count, last_feedback_time,
+                  user_feedback, user_feedback_rating, user_feedback_category, user_feedback_comment, ts, model)
+FROM cols
 """
 
 SPANS = """
@@ -150,6 +176,8 @@ QUALIFY row_number() OVER (
 
 TRACES = """
 CREATE OR REPLACE VIEW traces AS
+-- One pass over spans: the root span's fields are picked inside the aggregation (the earliest span
+-- without a parent), so the expensive spans view is computed once, not twice.
 WITH agg AS (
     SELECT trace_id,
            min(start_time) AS start_time,
@@ -158,38 +186,40 @@ WITH agg AS (
            count(*) FILTER (WHERE status_code = 'ERROR') AS error_count,
            sum(feedback_count) AS feedback_count,
            any_value(service_name) AS any_service,
-           any_value(coalesce(attributes->>'gen_ai.request.model', attributes->>'llm.model_name'))
-               FILTER (WHERE coalesce(attributes->>'gen_ai.request.model', attributes->>'llm.model_name') IS NOT NULL)
-               AS model,
+           any_value(model) FILTER (WHERE model IS NOT NULL) AS model,
            arg_max(user_feedback, last_feedback_time) FILTER (WHERE user_feedback IS NOT NULL) AS any_feedback,
            arg_max(user_feedback_rating, last_feedback_time) FILTER (WHERE user_feedback_rating IS NOT NULL)
                AS any_rating,
            arg_max(user_feedback_category, last_feedback_time) FILTER (WHERE user_feedback_category IS NOT NULL)
                AS any_category,
            arg_max(user_feedback_comment, last_feedback_time) FILTER (WHERE user_feedback_comment IS NOT NULL)
-               AS any_comment
+               AS any_comment,
+           arg_min({'span_id': span_id, 'name': name, 'service_name': service_name, 'status_code': status_code,
+                    'user_feedback': user_feedback, 'user_feedback_rating': user_feedback_rating,
+                    'user_feedback_category': user_feedback_category,
+                    'user_feedback_comment': user_feedback_comment,
+                    'user_feedback_timestamp': user_feedback_timestamp, 'attributes': attributes}, start_time)
+               FILTER (WHERE parent_span_id IS NULL) AS r
     FROM spans GROUP BY trace_id
-), roots AS (
-    SELECT * FROM spans WHERE parent_span_id IS NULL
-    QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY start_time) = 1
 ), joined AS (
-    SELECT a.trace_id, r.span_id AS root_span_id, r.name AS root_name,
-           coalesce(r.service_name, a.any_service) AS service_name, a.model,
+    SELECT a.trace_id, a.r.span_id AS root_span_id, a.r.name AS root_name,
+           coalesce(a.r.service_name, a.any_service) AS service_name, a.model,
            a.start_time, a.end_time,
            date_diff('microsecond', a.start_time, a.end_time) / 1000.0 AS duration_ms,
            a.span_count, a.error_count,
-           CASE WHEN a.error_count > 0 THEN 'ERROR' ELSE coalesce(r.status_code, 'UNSET') END AS status_code,
-           r.attributes->>'input.value' AS input,
-           r.attributes->>'output.value' AS output,
-           coalesce(r.user_feedback, a.any_feedback) AS user_feedback,
-           coalesce(r.user_feedback_rating, a.any_rating) AS user_feedback_rating,
-           coalesce(r.user_feedback_category, a.any_category) AS user_feedback_category,
-           coalesce(r.user_feedback_comment, a.any_comment) AS user_feedback_comment,
-           r.user_feedback_timestamp, a.feedback_count,
-           r.attributes AS root_attributes
-    FROM agg a LEFT JOIN roots r USING (trace_id)
+           CASE WHEN a.error_count > 0 THEN 'ERROR' ELSE coalesce(a.r.status_code, 'UNSET') END AS status_code,
+           json_extract_string(a.r.attributes, ['$."input.value"', '$."output.value"']) AS io,
+           coalesce(a.r.user_feedback, a.any_feedback) AS user_feedback,
+           coalesce(a.r.user_feedback_rating, a.any_rating) AS user_feedback_rating,
+           coalesce(a.r.user_feedback_category, a.any_category) AS user_feedback_category,
+           coalesce(a.r.user_feedback_comment, a.any_comment) AS user_feedback_comment,
+           a.r.user_feedback_timestamp AS user_feedback_timestamp, a.feedback_count,
+           a.r.attributes AS root_attributes
+    FROM agg a
 )
-SELECT * EXCLUDE (root_attributes),
+SELECT trace_id, root_span_id, root_name, service_name, model, start_time, end_time, duration_ms, span_count,
+       error_count, status_code, io[1] AS input, io[2] AS output, user_feedback, user_feedback_rating,
+       user_feedback_category, user_feedback_comment, user_feedback_timestamp, feedback_count,
        CASE
            WHEN user_feedback = 'positive' THEN 'positive'
            WHEN user_feedback = 'negative' THEN 'negative'
