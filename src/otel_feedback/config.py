@@ -8,6 +8,7 @@ the variable, so a server refuses to start instead of guessing.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -70,6 +71,10 @@ OTEL_FEEDBACK_QUERY_TIMEOUT_MS = "OTEL_FEEDBACK_QUERY_TIMEOUT_MS"
 OTEL_FEEDBACK_FORWARD_TO = "OTEL_FEEDBACK_FORWARD_TO"
 """OTLP/gRPC endpoint (``http://host:port``) that ``serve`` re-exports everything it receives to. Default: none."""
 
+OTEL_FEEDBACK_MEMORY_LIMIT = "OTEL_FEEDBACK_MEMORY_LIMIT"
+"""Most memory DuckDB may use in ``serve`` (its ``memory_limit``: ``512MB``, ``2GB``...); bigger queries spill
+to a temporary directory next to the file. Default ``1GB`` (DuckDB's own default is 80% of the machine)."""
+
 DEFAULT_DB = "otel-feedback.duckdb"
 
 
@@ -118,6 +123,7 @@ class Settings:
     query_max_rows: int = 10_000
     query_timeout_ms: int = 30_000
     forward_to: str | None = None
+    memory_limit: str = "1GB"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -176,6 +182,10 @@ class Settings:
             )
         if not self.db:
             raise ConfigError("OTEL_FEEDBACK_DB must not be empty")
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", self.memory_limit, re.I):
+            raise ConfigError(
+                f"OTEL_FEEDBACK_MEMORY_LIMIT must be a size such as 512MB or 2GB, got {self.memory_limit!r}"
+            )
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""

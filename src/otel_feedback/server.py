@@ -121,7 +121,9 @@ class Server:
             if s.grpc_port:
                 # grpc core logs its own C-level line when a bind fails; check first so a taken port is one line.
                 _bind(s.host, s.grpc_port, "--grpc-port / OTEL_FEEDBACK_GRPC_PORT").close()
-            self.store = Store(s.db, queue_rows=s.queue_rows, commit_rows=s.commit_rows, lockdown=True)
+            self.store = Store(
+                s.db, queue_rows=s.queue_rows, commit_rows=s.commit_rows, lockdown=True, memory_limit=s.memory_limit
+            )
             if s.forward_to:
                 self._forwarder = Forwarder(s.forward_to)
             self.ingest = Ingest(self.store, s, _with_stored(self.store, config), forward=self._forwarder)

@@ -72,6 +72,7 @@ class Store:
         queue_rows: int = 200_000,
         commit_rows: int = 50_000,
         lockdown: bool = False,
+        memory_limit: str | None = None,
     ) -> None:
         """``lockdown`` (for a server answering others' SQL) turns off all file and network access
         from SQL and locks the configuration, for this process's whole database instance."""
@@ -93,6 +94,11 @@ class Store:
                 migrate(self._con, self.path, __version__)
                 for _name, ddl in VIEWS:
                     self._con.execute(ddl)
+                if memory_limit:
+                    self._con.execute(f"SET memory_limit = '{memory_limit}'")  # validated by Settings
+                    # fewer, larger checkpoints: less writer CPU per span under sustained ingest (the WAL
+                    # replayed after a crash grows accordingly)
+                    self._con.execute("SET checkpoint_threshold = '256MB'")
                 if lockdown:
                     self._con.execute("SET enable_external_access = false")
                     self._con.execute("SET lock_configuration = true")

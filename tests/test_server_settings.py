@@ -1,0 +1,33 @@
+"""Settings that shape the server's DuckDB: memory bound and checkpoint size; bad values name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from otel_feedback.config import Settings
+from otel_feedback.errors import ConfigError
+
+from .conftest import make_server, sql
+
+
+def test_the_server_bounds_duckdb_memory(tmp_path: Path) -> None:
+    srv = make_server(tmp_path / "m.duckdb", memory_limit="256MB")
+    try:
+        rows = sql(srv, "SELECT current_setting('memory_limit') AS m, current_setting('checkpoint_threshold') AS c")
+        assert rows[0]["m"] in ("256.0 MB", "244.1 MiB")
+        assert rows[0]["c"] in ("244.1 MiB", "256.0 MB")
+    finally:
+        srv.stop()
+
+
+def test_default_memory_limit_is_one_gigabyte() -> None:
+    assert Settings.load(env={}).memory_limit == "1GB"
+    assert Settings.load(env={"OTEL_FEEDBACK_MEMORY_LIMIT": "2GB"}).memory_limit == "2GB"
+
+
+@pytest.mark.parametrize("bad", ["lots", "1 GB; DROP TABLE x", "-5MB", ""])
+def test_a_bad_memory_limit_is_refused_naming_the_variable(bad: str) -> None:
+    with pytest.raises(ConfigError, match="OTEL_FEEDBACK_MEMORY_LIMIT"):
+        Settings.load(env={"OTEL_FEEDBACK_MEMORY_LIMIT": bad})
