@@ -455,3 +455,45 @@ def test_a_retried_otlp_log_export_is_one_feedback_record(server: Server) -> Non
         "second thought",
         2,
     )
+
+
+def test_openinference_identifiers_name_the_annotator(server: Server) -> None:
+    """An annotation ``identifier`` works as in Phoenix: annotations with one name and different
+    identifiers stay apart, the same identifier on another span is another annotation, and a new
+    carrier with the same identifier updates the annotation (the latest is current)."""
+    provider = _provider(server)
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("answer") as answer:
+        with tracer.start_as_current_span("llm") as llm:
+            pass
+
+    def carrier(target: SpanContext, label: str, identifier: str) -> None:
+        with tracer.start_as_current_span(
+            "annotate",
+            links=[trace.Link(target)],
+            attributes={
+                "annotations.0.annotation.name": "correctness",
+                "annotations.0.annotation.label": label,
+                "annotations.0.annotation.annotator_kind": "LLM",
+                "annotations.0.annotation.identifier": identifier,
+            },
+        ):
+            pass
+
+    carrier(answer.get_span_context(), "correct", "judge-a")
+    carrier(llm.get_span_context(), "incorrect", "judge-a")  # same trace, same name and identifier, other span
+    carrier(answer.get_span_context(), "incorrect", "judge-b")
+    carrier(answer.get_span_context(), "partly", "judge-a")  # judge-a re-ran on the answer
+    provider.shutdown()
+    answer_span, llm_span = _hex(answer.get_span_context())[1], _hex(llm.get_span_context())[1]
+    current = sql(
+        server,
+        "SELECT span_id, label, source_id, versions FROM annotations WHERE name = 'correctness' "
+        "ORDER BY span_id = $a DESC, source_id",
+        {"a": answer_span},
+    )
+    assert current == [
+        {"span_id": answer_span, "label": "partly", "source_id": "judge-a", "versions": 2},
+        {"span_id": answer_span, "label": "incorrect", "source_id": "judge-b", "versions": 1},
+        {"span_id": llm_span, "label": "incorrect", "source_id": "judge-a", "versions": 1},
+    ]

@@ -695,7 +695,9 @@ def _from_carrier(ev: FeedbackEvent, limits: Limits, config: FeedbackConfig) -> 
         else:
             record["trace_id"], record["span_id"] = ev.trace_id, ev.span_id
         ident = g.get("identifier")
-        record["id"] = f"{ev.record_id}:{scope}:{i}" if not ident else f"oi:{ev.trace_id}:{g.get('name')}:{ident}"
+        if ident:  # as for Phoenix: the identifier names the annotator, whose latest annotation is current
+            record["source"]["id"] = str(ident)
+        record["id"] = f"{ev.record_id}:{scope}:{i}"  # the carrier delivered again is the same record
         record = {k: v for k, v in record.items() if v is not None}
         row = parse_record(
             record, channel="openinference", limits=limits, config=config, where=f"{scope}.{i}", default_kind="HUMAN"
