@@ -22,7 +22,7 @@ import pyarrow as pa
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .model import LOG_SCHEMA, SPAN_KINDS, SPAN_SCHEMA, STATUS_CODES, FeedbackEvent
+from .model import FEEDBACK_KEYS, LOG_SCHEMA, SPAN_KINDS, SPAN_SCHEMA, STATUS_CODES, FeedbackEvent
 
 ANNOTATION_PREFIXES = ("annotations.", "trace.annotations.", "session.annotations.", "evaluations.")
 """Attribute prefixes that make a span an OpenInference annotation carrier."""
@@ -270,6 +270,13 @@ def decode_traces(
                 code = status.code
                 sid = attrs.get("session.id")
                 rid = attrs.get("client_request_id")
+                model = (
+                    attrs.get("gen_ai.request.model")
+                    or attrs.get("llm.model_name")
+                    or attrs.get("gen_ai.response.model")
+                )
+                own_feedback = _own_feedback(attrs) if "user_feedback" in "".join(attrs) else None
+                carrier = bool(attrs) and _has_annotations(attrs)
                 add(
                     (
                         trace_id,
@@ -297,9 +304,12 @@ def decode_traces(
                         span.dropped_attributes_count,
                         span.dropped_events_count,
                         span.dropped_links_count,
+                        None if model is None else str(model),
+                        own_feedback,
+                        carrier,
                     )
                 )
-                if events or (attrs and _has_annotations(attrs)):
+                if events or carrier:
                     _feedback_from_span(trace_id, span_id, attrs, events or [], links or [], end, fb_names, feedback)
     if limits.truncated:
         messages.append(
@@ -324,6 +334,13 @@ def _span_table(rows: list[tuple[Any, ...]], received: int) -> pa.Table:
             arrays.append(pa.array(values, f.type))
     arrays.append(pa.array(itertools.repeat(received, n), SPAN_SCHEMA.field("received_at").type, size=n))
     return pa.Table.from_arrays(arrays, schema=SPAN_SCHEMA)
+
+
+def _own_feedback(attrs: dict[str, Any]) -> str | None:
+    """The span's own well-known feedback attributes as JSON (every key, null when absent), or None."""
+    if not any(k in attrs for k in FEEDBACK_KEYS):
+        return None
+    return _dumps({k: attrs.get(k) for k in FEEDBACK_KEYS}).decode()
 
 
 def _has_annotations(attrs: dict[str, Any]) -> bool:

@@ -49,10 +49,28 @@ SPAN_SCHEMA = pa.schema(
         ("dropped_attributes_count", pa.int64()),
         ("dropped_events_count", pa.int64()),
         ("dropped_links_count", pa.int64()),
+        # derived at decode time from the attributes, so queries over millions of spans need not parse
+        # every span's JSON (migration 0002): the model called, the span's own feedback keys (NULL when it
+        # has none), and whether it is an OpenInference annotation carrier (feedback, not application work)
+        ("model", pa.string()),
+        ("feedback_attributes", pa.string()),
+        ("annotation_carrier", pa.bool_()),
         ("received_at", _TS),
     ]
 )
-"""One row per span, as received (table ``span_log``)."""
+"""One row per span, as received (table ``span_log``), plus columns derived from its attributes."""
+
+MODEL_KEYS = ("gen_ai.request.model", "llm.model_name", "gen_ai.response.model")
+"""Attributes naming the model a span called, in order of preference."""
+
+FEEDBACK_KEYS = (
+    "user_feedback",
+    "user_feedback_rating",
+    "user_feedback_category",
+    "user_feedback_comment",
+    "user_feedback_timestamp",
+)
+"""The well-known feedback attributes the views turn into columns."""
 
 LOG_SCHEMA = pa.schema(
     [

@@ -33,11 +33,23 @@ _log = logging.getLogger(__name__)
 _LOCK_RE = re.compile(r"Could not set lock on file(?:.*?\(PID (\d+)\))?", re.S)
 
 
+def _quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """No progress bar: a long migration or query must not draw on a server's or a CLI's stdout.
+    (A second connection to an instance whose configuration a server has locked cannot change it.)"""
+    try:
+        con.execute("SET enable_progress_bar = false")
+    except duckdb.Error:
+        pass
+    return con
+
+
 def _open(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
     if read_only and path != ":memory:" and not Path(path).exists():
         raise SchemaError(f"{path} does not exist (nothing has been written there yet)")
     try:
-        return duckdb.connect(path, read_only=read_only)
+        con = duckdb.connect(path, read_only=read_only)
+        _quiet(con)
+        return con
     except duckdb.IOException as exc:
         text = str(exc)
         m = _LOCK_RE.search(text)
@@ -56,7 +68,7 @@ def _open(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         # look): DuckDB refuses a second, read-only instance, but a plain connection shares the open one.
         # The Store still refuses writes, because it was asked to be read-only.
         try:
-            return duckdb.connect(path)
+            return _quiet(duckdb.connect(path))
         except duckdb.Error as again:
             raise SchemaError(f"cannot open {path}: {again}") from None
 

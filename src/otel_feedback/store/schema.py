@@ -106,6 +106,35 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+MIGRATIONS = (
+    *MIGRATIONS,
+    Migration(
+        "0002_derived_span_columns",
+        """
+        ALTER TABLE span_log ADD COLUMN model VARCHAR;
+        ALTER TABLE span_log ADD COLUMN feedback_attributes JSON;
+        ALTER TABLE span_log ADD COLUMN annotation_carrier BOOLEAN;
+        UPDATE span_log SET
+            model = coalesce(attributes->>'gen_ai.request.model', attributes->>'llm.model_name',
+                             attributes->>'gen_ai.response.model'),
+            feedback_attributes = CASE
+                WHEN json_exists(attributes, '$."user_feedback"') OR json_exists(attributes, '$."user_feedback_rating"')
+                  OR json_exists(attributes, '$."user_feedback_category"')
+                  OR json_exists(attributes, '$."user_feedback_comment"')
+                  OR json_exists(attributes, '$."user_feedback_timestamp"')
+                THEN json_object('user_feedback', attributes->'user_feedback',
+                                 'user_feedback_rating', attributes->'user_feedback_rating',
+                                 'user_feedback_category', attributes->'user_feedback_category',
+                                 'user_feedback_comment', attributes->'user_feedback_comment',
+                                 'user_feedback_timestamp', attributes->'user_feedback_timestamp')
+            END,
+            annotation_carrier = len(list_filter(json_keys(attributes), lambda k: starts_with(k, 'annotations.')
+                OR starts_with(k, 'trace.annotations.') OR starts_with(k, 'session.annotations.')
+                OR starts_with(k, 'evaluations.'))) > 0;
+        """,
+    ),
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _MIGRATIONS_DDL = """

@@ -59,10 +59,12 @@ JOIN (
     SELECT DISTINCT 'session.id' AS target_key, session_id AS target_value, trace_id
     FROM span_log
     WHERE session_id IN (SELECT target_value FROM feedback WHERE target_key = 'session.id')
+      AND annotation_carrier IS NOT TRUE  -- a session annotation's carrier span is not a trace of the session
     UNION
     SELECT DISTINCT 'client_request_id', client_request_id, trace_id
     FROM span_log
     WHERE client_request_id IN (SELECT target_value FROM feedback WHERE target_key = 'client_request_id')
+      AND annotation_carrier IS NOT TRUE
 ) a ON a.target_key = f.target_key AND a.target_value = f.target_value
 JOIN (SELECT DISTINCT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL) r ON r.trace_id = a.trace_id
 WHERE f.trace_id IS NULL AND f.span_id IS NULL
@@ -104,6 +106,7 @@ WITH merged AS (
            CASE WHEN p.patch IS NULL THEN s.attributes ELSE json_merge_patch(s.attributes, p.patch) END
                AS attributes,
            s.attributes AS span_attributes,
+           p.patch,
            coalesce(p.feedback_count, 0) AS feedback_count,
            p.last_feedback_time
     FROM span_rows s
@@ -111,11 +114,13 @@ WITH merged AS (
     -- by arrival: what the file held then, so spans not yet received are not there either
     WHERE NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS)
 ), known AS (
-    -- the well-known keys, read with ONE parse of each span's attributes (the cost that dominates at 1 M spans)
-    SELECT *, json_extract(attributes, ['$."user_feedback"', '$."user_feedback_rating"',
-                                        '$."user_feedback_category"', '$."user_feedback_comment"',
-                                        '$."user_feedback_timestamp"', '$."gen_ai.request.model"',
-                                        '$."llm.model_name"']) AS k
+    -- The feedback columns come from the span's own feedback keys (derived at decode time, NULL for almost
+    -- every span) merged with its patches: no span's full attributes JSON is parsed here.
+    SELECT * EXCLUDE (feedback_attributes, patch),
+           json_extract(CASE WHEN patch IS NULL THEN feedback_attributes
+                             ELSE json_merge_patch(coalesce(feedback_attributes, '{}'), patch) END,
+                        ['$."user_feedback"', '$."user_feedback_rating"', '$."user_feedback_category"',
+                         '$."user_feedback_comment"', '$."user_feedback_timestamp"']) AS k
     FROM merged
 ), cols AS (
     SELECT * EXCLUDE (k),
@@ -123,8 +128,7 @@ WITH merged AS (
            TRY_CAST(k[2]->>'$' AS DOUBLE) AS user_feedback_rating,
            k[3]->>'$' AS user_feedback_category,
            k[4]->>'$' AS user_feedback_comment,
-           k[5] AS ts,
-           coalesce(k[6]->>'$', k[7]->>'$') AS model
+           k[5] AS ts
     FROM known
 )
 SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time, duration_ms,
@@ -177,7 +181,8 @@ QUALIFY row_number() OVER (
 TRACES = """
 CREATE OR REPLACE VIEW traces AS
 -- One pass over spans: the root span's fields are picked inside the aggregation (the earliest span
--- without a parent), so the expensive spans view is computed once, not twice.
+-- without a parent), so the spans view is computed once, not twice. Traces made only of annotation
+-- carrier spans (OpenInference feedback sent as spans) are not traces of the application.
 WITH agg AS (
     SELECT trace_id,
            min(start_time) AS start_time,
@@ -198,9 +203,13 @@ WITH agg AS (
                     'user_feedback': user_feedback, 'user_feedback_rating': user_feedback_rating,
                     'user_feedback_category': user_feedback_category,
                     'user_feedback_comment': user_feedback_comment,
-                    'user_feedback_timestamp': user_feedback_timestamp, 'attributes': attributes}, start_time)
-               FILTER (WHERE parent_span_id IS NULL) AS r
-    FROM spans GROUP BY trace_id
+                    'user_feedback_timestamp': user_feedback_timestamp}, start_time)
+               FILTER (WHERE parent_span_id IS NULL) AS r,
+           -- a separate aggregate, so queries that do not need it never read the attributes column
+           arg_min(attributes, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_attributes
+    FROM spans
+    WHERE annotation_carrier IS NOT TRUE  -- OpenInference annotation carriers are feedback, not answers
+    GROUP BY trace_id
 ), joined AS (
     SELECT a.trace_id, a.r.span_id AS root_span_id, a.r.name AS root_name,
            coalesce(a.r.service_name, a.any_service) AS service_name, a.model,
@@ -208,13 +217,13 @@ WITH agg AS (
            date_diff('microsecond', a.start_time, a.end_time) / 1000.0 AS duration_ms,
            a.span_count, a.error_count,
            CASE WHEN a.error_count > 0 THEN 'ERROR' ELSE coalesce(a.r.status_code, 'UNSET') END AS status_code,
-           json_extract_string(a.r.attributes, ['$."input.value"', '$."output.value"']) AS io,
+           json_extract_string(a.root_attributes, ['$."input.value"', '$."output.value"']) AS io,
            coalesce(a.r.user_feedback, a.any_feedback) AS user_feedback,
            coalesce(a.r.user_feedback_rating, a.any_rating) AS user_feedback_rating,
            coalesce(a.r.user_feedback_category, a.any_category) AS user_feedback_category,
            coalesce(a.r.user_feedback_comment, a.any_comment) AS user_feedback_comment,
            a.r.user_feedback_timestamp AS user_feedback_timestamp, a.feedback_count,
-           a.r.attributes AS root_attributes
+           a.root_attributes
     FROM agg a
 )
 SELECT trace_id, root_span_id, root_name, service_name, model, start_time, end_time, duration_ms, span_count,
