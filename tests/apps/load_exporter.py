@@ -209,7 +209,9 @@ class Run:
                     code = err.code()  # type: ignore[attr-defined]
                     retryable = code in RETRYABLE_GRPC
                     hint = grpc_retry_hint(err)
-                    self.note(code.name if hint is not None else f"{code.name}(no hint)", hint, retryable, err.details())
+                    self.note(
+                        code.name if hint is not None else f"{code.name}(no hint)", hint, retryable, err.details()
+                    )
                     return "retry" if retryable else "permanent"
                 if response.partial_success.rejected_spans:
                     self.note("PARTIAL", None, False)
