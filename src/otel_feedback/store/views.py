@@ -282,18 +282,28 @@ GROUP BY ALL ORDER BY traces DESC, category
 
 WORST_TRACES = """
 CREATE OR REPLACE VIEW worst_traces AS
-WITH evals AS (
+WITH ann AS (SELECT * FROM annotations), patches AS (
+    -- the spans that evaluations and child feedback name are looked up in span_log narrowed to those
+    -- span ids first (one copy each), not through the deduplicated span_rows of a million spans
+    SELECT * FROM feedback_patches_as_of('infinity'::TIMESTAMP_NS, false) WHERE patch IS NOT NULL
+), named AS (
+    SELECT trace_id, span_id, arg_min(name, received_at) AS name, min(start_time) AS start_time,
+           arg_min(parent_span_id, received_at) AS parent_span_id
+    FROM span_log
+    WHERE span_id IN (SELECT span_id FROM ann UNION ALL SELECT span_id FROM patches)
+    GROUP BY trace_id, span_id
+), evals AS (
     SELECT a.trace_id,
            list({'span_name': s.name, 'name': a.name, 'label': a.label, 'score': a.score,
                  'explanation': a.explanation, 'annotator_kind': a.annotator_kind, 'source_id': a.source_id}
                 ORDER BY s.start_time, a.name, a.annotator_kind, a.source_id NULLS FIRST) AS evaluations
-    FROM annotations a JOIN span_rows s USING (trace_id, span_id)
+    FROM ann a JOIN named s USING (trace_id, span_id)
     GROUP BY a.trace_id
 ), child_feedback AS (
     SELECT p.trace_id, list({'span_name': s.name, 'patch': p.patch} ORDER BY s.start_time) AS child_feedback
-    FROM feedback_patches_as_of('infinity'::TIMESTAMP_NS, false) p
-    JOIN span_rows s USING (trace_id, span_id)
-    WHERE s.parent_span_id IS NOT NULL AND p.patch IS NOT NULL
+    FROM patches p
+    JOIN named s USING (trace_id, span_id)
+    WHERE s.parent_span_id IS NOT NULL
     GROUP BY p.trace_id
 ), expected AS (
     SELECT t.trace_id, arg_max(f.expected, f.feedback_time) AS expected
