@@ -45,5 +45,10 @@ def test_a_version_1_file_gets_its_derived_columns(tmp_path: Path) -> None:
             ("a3", None, False, True, None, None),
             ("a4", None, False, False, None, None),
         ]
+        assert store.query("SELECT root_name, input FROM traces ORDER BY root_name").rows == [
+            ("a1", "q"),
+            ("a2", None),
+            ("a4", None),
+        ]
         # the carrier's trace is feedback, not an answer: three traces remain, one of them negative
         assert store.query("SELECT traces, negative FROM feedback_summary").rows == [(3, 1)]

@@ -307,6 +307,8 @@ def decode_traces(
                         None if model is None else str(model),
                         own_feedback,
                         carrier,
+                        None if parent or (v := attrs.get("input.value")) is None else str(v),
+                        None if parent or (v := attrs.get("output.value")) is None else str(v),
                     )
                 )
                 if events or carrier:

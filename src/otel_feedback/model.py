@@ -55,6 +55,9 @@ SPAN_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("feedback_attributes", pa.string()),
         ("annotation_carrier", pa.bool_()),
+        # a root span's OpenInference ``input.value`` / ``output.value`` (the question and the answer)
+        ("input", pa.string()),
+        ("output", pa.string()),
         ("received_at", _TS),
     ]
 )

@@ -114,6 +114,8 @@ MIGRATIONS = (
         ALTER TABLE span_log ADD COLUMN model VARCHAR;
         ALTER TABLE span_log ADD COLUMN feedback_attributes JSON;
         ALTER TABLE span_log ADD COLUMN annotation_carrier BOOLEAN;
+        ALTER TABLE span_log ADD COLUMN input VARCHAR;
+        ALTER TABLE span_log ADD COLUMN output VARCHAR;
         UPDATE span_log SET
             model = coalesce(attributes->>'gen_ai.request.model', attributes->>'llm.model_name',
                              attributes->>'gen_ai.response.model'),
@@ -128,6 +130,8 @@ MIGRATIONS = (
                                  'user_feedback_comment', attributes->'user_feedback_comment',
                                  'user_feedback_timestamp', attributes->'user_feedback_timestamp')
             END,
+            input = CASE WHEN parent_span_id IS NULL THEN attributes->>'input.value' END,
+            output = CASE WHEN parent_span_id IS NULL THEN attributes->>'output.value' END,
             annotation_carrier = len(list_filter(json_keys(attributes), lambda k: starts_with(k, 'annotations.')
                 OR starts_with(k, 'trace.annotations.') OR starts_with(k, 'session.annotations.')
                 OR starts_with(k, 'evaluations.'))) > 0;

@@ -203,7 +203,8 @@ WITH agg AS (
                     'user_feedback': user_feedback, 'user_feedback_rating': user_feedback_rating,
                     'user_feedback_category': user_feedback_category,
                     'user_feedback_comment': user_feedback_comment,
-                    'user_feedback_timestamp': user_feedback_timestamp}, start_time)
+                    'user_feedback_timestamp': user_feedback_timestamp, 'input': input, 'output': output},
+                   start_time)
                FILTER (WHERE parent_span_id IS NULL) AS r,
            -- a separate aggregate, so queries that do not need it never read the attributes column
            arg_min(attributes, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_attributes
@@ -217,7 +218,7 @@ WITH agg AS (
            date_diff('microsecond', a.start_time, a.end_time) / 1000.0 AS duration_ms,
            a.span_count, a.error_count,
            CASE WHEN a.error_count > 0 THEN 'ERROR' ELSE coalesce(a.r.status_code, 'UNSET') END AS status_code,
-           json_extract_string(a.root_attributes, ['$."input.value"', '$."output.value"']) AS io,
+           a.r.input AS input, a.r.output AS output,
            coalesce(a.r.user_feedback, a.any_feedback) AS user_feedback,
            coalesce(a.r.user_feedback_rating, a.any_rating) AS user_feedback_rating,
            coalesce(a.r.user_feedback_category, a.any_category) AS user_feedback_category,
@@ -227,7 +228,7 @@ WITH agg AS (
     FROM agg a
 )
 SELECT trace_id, root_span_id, root_name, service_name, model, start_time, end_time, duration_ms, span_count,
-       error_count, status_code, io[1] AS input, io[2] AS output, user_feedback, user_feedback_rating,
+       error_count, status_code, input, output, user_feedback, user_feedback_rating,
        user_feedback_category, user_feedback_comment, user_feedback_timestamp, feedback_count,
        CASE
            WHEN user_feedback = 'positive' THEN 'positive'
