@@ -199,31 +199,36 @@ WITH agg AS (
                AS any_category,
            arg_max(user_feedback_comment, last_feedback_time) FILTER (WHERE user_feedback_comment IS NOT NULL)
                AS any_comment,
-           arg_min({'span_id': span_id, 'name': name, 'service_name': service_name, 'status_code': status_code,
-                    'user_feedback': user_feedback, 'user_feedback_rating': user_feedback_rating,
-                    'user_feedback_category': user_feedback_category,
-                    'user_feedback_comment': user_feedback_comment,
-                    'user_feedback_timestamp': user_feedback_timestamp, 'input': input, 'output': output},
-                   start_time)
-               FILTER (WHERE parent_span_id IS NULL) AS r,
+           -- the root span's fields, one plain aggregate each (DuckDB prunes those a query does not use)
+           arg_min_null(span_id, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_span_id,
+           arg_min_null(name, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_name,
+           arg_min_null(service_name, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_service_name,
+           arg_min_null(status_code, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_status_code,
+           arg_min_null(user_feedback, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback,
+           arg_min_null(user_feedback_rating, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_rating,
+           arg_min_null(user_feedback_category, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_category,
+           arg_min_null(user_feedback_comment, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_comment,
+           arg_min_null(user_feedback_timestamp, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_timestamp,
+           arg_min_null(input, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_input,
+           arg_min_null(output, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_output,
            -- a separate aggregate, so queries that do not need it never read the attributes column
-           arg_min(attributes, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_attributes
+           arg_min_null(attributes, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_attributes
     FROM spans
     WHERE annotation_carrier IS NOT TRUE  -- OpenInference annotation carriers are feedback, not answers
     GROUP BY trace_id
 ), joined AS (
-    SELECT a.trace_id, a.r.span_id AS root_span_id, a.r.name AS root_name,
-           coalesce(a.r.service_name, a.any_service) AS service_name, a.model,
+    SELECT a.trace_id, a.r_span_id AS root_span_id, a.r_name AS root_name,
+           coalesce(a.r_service_name, a.any_service) AS service_name, a.model,
            a.start_time, a.end_time,
            date_diff('microsecond', a.start_time, a.end_time) / 1000.0 AS duration_ms,
            a.span_count, a.error_count,
-           CASE WHEN a.error_count > 0 THEN 'ERROR' ELSE coalesce(a.r.status_code, 'UNSET') END AS status_code,
-           a.r.input AS input, a.r.output AS output,
-           coalesce(a.r.user_feedback, a.any_feedback) AS user_feedback,
-           coalesce(a.r.user_feedback_rating, a.any_rating) AS user_feedback_rating,
-           coalesce(a.r.user_feedback_category, a.any_category) AS user_feedback_category,
-           coalesce(a.r.user_feedback_comment, a.any_comment) AS user_feedback_comment,
-           a.r.user_feedback_timestamp AS user_feedback_timestamp, a.feedback_count,
+           CASE WHEN a.error_count > 0 THEN 'ERROR' ELSE coalesce(a.r_status_code, 'UNSET') END AS status_code,
+           a.root_input AS input, a.root_output AS output,
+           coalesce(a.r_user_feedback, a.any_feedback) AS user_feedback,
+           coalesce(a.r_user_feedback_rating, a.any_rating) AS user_feedback_rating,
+           coalesce(a.r_user_feedback_category, a.any_category) AS user_feedback_category,
+           coalesce(a.r_user_feedback_comment, a.any_comment) AS user_feedback_comment,
+           a.r_user_feedback_timestamp AS user_feedback_timestamp, a.feedback_count,
            a.root_attributes
     FROM agg a
 )
@@ -306,19 +311,27 @@ WITH ann AS (SELECT * FROM annotations), patches AS (
     JOIN named s USING (trace_id, span_id)
     WHERE s.parent_span_id IS NOT NULL
     GROUP BY p.trace_id
+), neg AS (
+    -- the negative traces first, without their text: only those then get input and output from span_log
+    SELECT * EXCLUDE (input, output) FROM traces WHERE sentiment = 'negative'
+), io AS (
+    SELECT trace_id, arg_min_null(input, start_time) AS input, arg_min_null(output, start_time) AS output
+    FROM span_log
+    WHERE parent_span_id IS NULL AND annotation_carrier IS NOT TRUE AND trace_id IN (SELECT trace_id FROM neg)
+    GROUP BY trace_id
 ), expected AS (
     SELECT t.trace_id, arg_max(f.expected, f.feedback_time) AS expected
     FROM feedback f JOIN feedback_targets t USING (feedback_id)
     WHERE f.expected IS NOT NULL GROUP BY t.trace_id
 )
-SELECT t.trace_id, t.start_time, t.service_name, t.model, t.root_name, t.input, t.output,
+SELECT t.trace_id, t.start_time, t.service_name, t.model, t.root_name, io.input, io.output,
        t.user_feedback, t.user_feedback_rating, t.user_feedback_category, t.user_feedback_comment,
        x.expected, t.status_code, t.duration_ms, e.evaluations, c.child_feedback
-FROM traces t
+FROM neg t
+LEFT JOIN io USING (trace_id)
 LEFT JOIN evals e USING (trace_id)
 LEFT JOIN child_feedback c USING (trace_id)
 LEFT JOIN expected x USING (trace_id)
-WHERE t.sentiment = 'negative'
 ORDER BY t.user_feedback_rating ASC NULLS LAST, t.start_time DESC
 """
 
