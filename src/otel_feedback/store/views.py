@@ -19,54 +19,58 @@ QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY seq) = 1
 
 SPAN_ROWS = """
 CREATE OR REPLACE VIEW span_rows AS
--- the first copy of each span; picking row ids first keeps the wide columns (attributes) out of the grouping
+-- the first copy of each span (a client's retry can store one twice): no earlier copy exists. As a join on
+-- (trace_id, span_id) a filter on either id reaches both sides, so looking up one trace reads one trace.
 SELECT s.* FROM span_log s
-SEMI JOIN (SELECT arg_min(rowid, received_at) AS first FROM span_log GROUP BY trace_id, span_id) d
-    ON s.rowid = d.first
+ANTI JOIN span_log e ON e.trace_id = s.trace_id AND e.span_id = s.span_id
+    AND (e.received_at < s.received_at OR (e.received_at = s.received_at AND e.rowid < s.rowid))
 """
 
 FEEDBACK_TARGETS = """
 CREATE OR REPLACE VIEW feedback_targets AS
 -- Each branch first narrows span_log to the ids the feedback names (a semi-join on a small set), so a
 -- million spans are scanned, not grouped.
+WITH f AS (
+    SELECT feedback_id, trace_id, span_id, target_key, target_value FROM feedback
+), by_attr AS (
+    -- an attribute value (session.id, client_request_id) names every trace carrying it; a session
+    -- annotation's carrier span is not a trace of the session
+    SELECT DISTINCT 'session.id' AS target_key, session_id AS target_value, trace_id
+    FROM span_log
+    WHERE session_id IN (SELECT target_value FROM f WHERE target_key = 'session.id')
+      AND annotation_carrier IS NOT TRUE
+    UNION
+    SELECT DISTINCT 'client_request_id', client_request_id, trace_id
+    FROM span_log
+    WHERE client_request_id IN (SELECT target_value FROM f WHERE target_key = 'client_request_id')
+      AND annotation_carrier IS NOT TRUE
+), roots AS (
+    -- the root span(s) of the traces named by trace id or through an attribute
+    SELECT DISTINCT trace_id, span_id FROM span_log
+    WHERE parent_span_id IS NULL
+      AND trace_id IN (SELECT trace_id FROM f WHERE trace_id IS NOT NULL AND span_id IS NULL
+                       UNION ALL SELECT trace_id FROM by_attr)
+)
 -- a span named by trace and span id
-SELECT f.feedback_id, f.trace_id, f.span_id
-FROM feedback f WHERE f.trace_id IS NOT NULL AND f.span_id IS NOT NULL
+SELECT feedback_id, trace_id, span_id FROM f WHERE trace_id IS NOT NULL AND span_id IS NOT NULL
 UNION ALL
 -- a span named by span id alone (Phoenix's span annotations): find its trace
 SELECT f.feedback_id, s.trace_id, s.span_id
-FROM feedback f
-JOIN (
+FROM f JOIN (
     SELECT DISTINCT trace_id, span_id FROM span_log
-    WHERE span_id IN (SELECT span_id FROM feedback WHERE trace_id IS NULL AND span_id IS NOT NULL)
+    WHERE span_id IN (SELECT span_id FROM f WHERE trace_id IS NULL AND span_id IS NOT NULL)
 ) s ON s.span_id = f.span_id
 WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL
 UNION ALL
 -- a trace: its root span(s)
 SELECT f.feedback_id, r.trace_id, r.span_id
-FROM feedback f
-JOIN (
-    SELECT DISTINCT trace_id, span_id FROM span_log
-    WHERE parent_span_id IS NULL
-      AND trace_id IN (SELECT trace_id FROM feedback WHERE trace_id IS NOT NULL AND span_id IS NULL)
-) r ON r.trace_id = f.trace_id
+FROM f JOIN roots r ON r.trace_id = f.trace_id
 WHERE f.trace_id IS NOT NULL AND f.span_id IS NULL
 UNION ALL
--- an attribute value (session.id, client_request_id): the root span of every trace carrying it
+-- an attribute value: the root span of every trace carrying it
 SELECT f.feedback_id, r.trace_id, r.span_id
-FROM feedback f
-JOIN (
-    SELECT DISTINCT 'session.id' AS target_key, session_id AS target_value, trace_id
-    FROM span_log
-    WHERE session_id IN (SELECT target_value FROM feedback WHERE target_key = 'session.id')
-      AND annotation_carrier IS NOT TRUE  -- a session annotation's carrier span is not a trace of the session
-    UNION
-    SELECT DISTINCT 'client_request_id', client_request_id, trace_id
-    FROM span_log
-    WHERE client_request_id IN (SELECT target_value FROM feedback WHERE target_key = 'client_request_id')
-      AND annotation_carrier IS NOT TRUE
-) a ON a.target_key = f.target_key AND a.target_value = f.target_value
-JOIN (SELECT DISTINCT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL) r ON r.trace_id = a.trace_id
+FROM f JOIN by_attr a ON a.target_key = f.target_key AND a.target_value = f.target_value
+JOIN roots r ON r.trace_id = a.trace_id
 WHERE f.trace_id IS NULL AND f.span_id IS NULL
 """
 
@@ -78,50 +82,59 @@ WHERE CASE WHEN by_arrival THEN received_at ELSE feedback_time END <= as_of
 
 FEEDBACK_PATCHES = """
 CREATE OR REPLACE MACRO feedback_patches_as_of(as_of, by_arrival) AS TABLE
-WITH f AS (
-    SELECT * FROM feedback_as_of(as_of, by_arrival)
+-- per targeted span: the merge patch of its feedback (latest value per key, a JSON null kept so that it
+-- removes the span's own key), how many records and when the latest was given
+WITH ft AS (
+    SELECT t.trace_id, t.span_id, f.feedback_time, f.seq, f.attributes
+    FROM feedback_as_of(as_of, by_arrival) f JOIN feedback_targets t USING (feedback_id)
 ), kv AS (
-    SELECT t.trace_id, t.span_id, f.feedback_id, f.feedback_time, f.seq,
-           unnest(map_entries(json_transform(f.attributes, '"MAP(VARCHAR, JSON)"')), recursive := true)
-    FROM f JOIN feedback_targets t USING (feedback_id)
-    WHERE f.attributes <> '{}'
+    SELECT trace_id, span_id, feedback_time, seq,
+           unnest(map_entries(json_transform(attributes, '"MAP(VARCHAR, JSON)"')), recursive := true)
+    FROM ft WHERE attributes <> '{}'
 ), latest AS (
     SELECT trace_id, span_id, key, arg_max_null(value, (feedback_time, seq)) AS value
     FROM kv GROUP BY ALL
 ), counts AS (
-    SELECT t.trace_id, t.span_id, count(*) AS feedback_count, max(f.feedback_time) AS last_feedback_time
-    FROM f JOIN feedback_targets t USING (feedback_id)
-    GROUP BY ALL
+    SELECT trace_id, span_id, count(*) AS feedback_count, max(feedback_time) AS last_feedback_time
+    FROM ft GROUP BY ALL
 )
 SELECT c.trace_id, c.span_id, l.patch, c.feedback_count, c.last_feedback_time
 FROM counts c
-LEFT JOIN (SELECT trace_id, span_id, json_group_object(key, value) AS patch FROM latest GROUP BY ALL) l
-    USING (trace_id, span_id)
+LEFT JOIN (
+    -- keys in order, so the same feedback always gives the same JSON text
+    SELECT trace_id, span_id, to_json(map_from_entries(list((key, value) ORDER BY key))) AS patch
+    FROM latest GROUP BY ALL
+) l USING (trace_id, span_id)
 """
 
-SPANS_AS_OF = """
-CREATE OR REPLACE MACRO spans_as_of(as_of, by_arrival := false) AS TABLE
-WITH merged AS (
-    SELECT s.* EXCLUDE (attributes),
-           CASE WHEN p.patch IS NULL THEN s.attributes ELSE json_merge_patch(s.attributes, p.patch) END
-               AS attributes,
-           s.attributes AS span_attributes,
-           p.patch,
-           coalesce(p.feedback_count, 0) AS feedback_count,
-           p.last_feedback_time
-    FROM span_rows s
-    LEFT JOIN feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival) p USING (trace_id, span_id)
-    -- by arrival: what the file held then, so spans not yet received are not there either
-    WHERE NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS)
+SPAN_FEEDBACK_AS_OF = """
+CREATE OR REPLACE MACRO span_feedback_as_of(as_of, by_arrival) AS TABLE
+-- The feedback state of every stored span that has any: its own user_feedback* keys (derived at decode,
+-- NULL for almost every span) merged with its patches. Only those few spans are read, so the spans and
+-- traces views pay for feedback in proportion to the feedback, not to the spans.
+WITH p AS (
+    SELECT * FROM feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival)
+), copies AS (
+    -- stored copies (by arrival: received by then) of the spans with feedback keys of their own or patches
+    SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes
+    FROM span_log
+    WHERE feedback_attributes IS NOT NULL AND (NOT by_arrival OR received_at <= CAST(as_of AS TIMESTAMP_NS))
+    UNION ALL
+    SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes
+    FROM span_log SEMI JOIN p USING (trace_id, span_id)
+    WHERE feedback_attributes IS NULL AND (NOT by_arrival OR received_at <= CAST(as_of AS TIMESTAMP_NS))
+), stored AS (
+    SELECT trace_id, span_id, arg_min_null(parent_span_id, received_at) AS parent_span_id,
+           min(start_time) AS start_time, arg_min_null(feedback_attributes, received_at) AS feedback_attributes
+    FROM copies GROUP BY trace_id, span_id
 ), known AS (
-    -- The feedback columns come from the span's own feedback keys (derived at decode time, NULL for almost
-    -- every span) merged with its patches: no span's full attributes JSON is parsed here.
-    SELECT * EXCLUDE (feedback_attributes, patch),
-           json_extract(CASE WHEN patch IS NULL THEN feedback_attributes
-                             ELSE json_merge_patch(coalesce(feedback_attributes, '{}'), patch) END,
+    SELECT trace_id, span_id, s.parent_span_id, s.start_time, p.patch,
+           coalesce(p.feedback_count, 0) AS feedback_count, p.last_feedback_time,
+           json_extract(CASE WHEN p.patch IS NULL THEN s.feedback_attributes
+                             ELSE json_merge_patch(coalesce(s.feedback_attributes, '{}'), p.patch) END,
                         ['$."user_feedback"', '$."user_feedback_rating"', '$."user_feedback_category"',
                          '$."user_feedback_comment"', '$."user_feedback_timestamp"']) AS k
-    FROM merged
+    FROM stored s LEFT JOIN p USING (trace_id, span_id)
 ), cols AS (
     SELECT * EXCLUDE (k),
            k[1]->>'$' AS user_feedback,
@@ -131,8 +144,7 @@ WITH merged AS (
            k[5] AS ts
     FROM known
 )
-SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time, duration_ms,
-       status_code, status_message, attributes,
+SELECT trace_id, span_id, parent_span_id, start_time, patch, feedback_count, last_feedback_time,
        user_feedback, user_feedback_rating, user_feedback_category, user_feedback_comment,
        CASE WHEN ts->>'$' IS NOT NULL THEN
            coalesce(
@@ -145,12 +157,24 @@ SELECT trace_id, span_id, parent_span_id, name, kind, service_name, start_time, 
                        ELSE round((ts->>'$')::DECIMAL(38, 9) * 1000000000)
                    END::BIGINT))
                END)
-       END AS user_feedback_timestamp,
-       model, feedback_count, last_feedback_time,
-       * EXCLUDE (trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time,
-                  duration_ms, status_code, status_message, attributes, feedback_count, last_feedback_time,
-                  user_feedback, user_feedback_rating, user_feedback_category, user_feedback_comment, ts, model)
+       END AS user_feedback_timestamp
 FROM cols
+"""
+
+SPANS_AS_OF = """
+CREATE OR REPLACE MACRO spans_as_of(as_of, by_arrival := false) AS TABLE
+SELECT s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.service_name, s.start_time, s.end_time,
+       s.duration_ms, s.status_code, s.status_message,
+       CASE WHEN f.patch IS NULL THEN s.attributes ELSE json_merge_patch(s.attributes, f.patch) END AS attributes,
+       f.user_feedback, f.user_feedback_rating, f.user_feedback_category, f.user_feedback_comment,
+       f.user_feedback_timestamp, s.model, coalesce(f.feedback_count, 0) AS feedback_count, f.last_feedback_time,
+       s.* EXCLUDE (trace_id, span_id, parent_span_id, name, kind, service_name, start_time, end_time,
+                    duration_ms, status_code, status_message, attributes, model, feedback_attributes),
+       s.attributes AS span_attributes
+FROM span_rows s
+LEFT JOIN span_feedback_as_of(as_of, by_arrival) f USING (trace_id, span_id)
+-- by arrival: what the file held then, so spans not yet received are not there either
+WHERE NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS)
 """
 
 SPANS = """
@@ -180,18 +204,42 @@ QUALIFY row_number() OVER (
 
 TRACES = """
 CREATE OR REPLACE VIEW traces AS
--- One pass over spans: the root span's fields are picked inside the aggregation (the earliest span
--- without a parent), so the spans view is computed once, not twice. Traces made only of annotation
--- carrier spans (OpenInference feedback sent as spans) are not traces of the application.
-WITH agg AS (
+-- Three aggregations, each only as wide as it must be: span statistics and the root's fields over span_log,
+-- span counts over the deduplicated spans, and feedback over the few spans that have any. Traces made only
+-- of annotation carrier spans (OpenInference feedback sent as spans) are not traces of the application.
+WITH stats AS (
+    -- one pass over span_log: min, max and the root's fields do not change when a client's retry stored a
+    -- span twice, so no deduplication here; each root field is its own aggregate, which DuckDB drops when
+    -- a query does not use it (so the attributes column is read only when root_attributes is asked for)
     SELECT trace_id,
            min(start_time) AS start_time,
            max(end_time) AS end_time,
-           count(*) AS span_count,
-           count(*) FILTER (WHERE status_code = 'ERROR') AS error_count,
-           sum(feedback_count) AS feedback_count,
            any_value(service_name) AS any_service,
            any_value(model) FILTER (WHERE model IS NOT NULL) AS model,
+           arg_min(span_id, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_span_id,
+           arg_min(name, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_name,
+           arg_min(service_name, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_service_name,
+           arg_min(status_code, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_status_code,
+           arg_min_null(input, start_time) FILTER (WHERE parent_span_id IS NULL) AS input,
+           arg_min_null(output, start_time) FILTER (WHERE parent_span_id IS NULL) AS output,
+           arg_min(attributes, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_span_attributes
+    FROM span_log
+    WHERE annotation_carrier IS NOT TRUE  -- OpenInference annotation carriers are feedback, not answers
+    GROUP BY trace_id
+), span_counts AS (
+    -- counts need each span once (distinct ids): each its own single-aggregate grouping of span_log, which
+    -- DuckDB drops from queries that do not ask for span_count, error_count or status_code
+    SELECT trace_id, count(DISTINCT span_id) FILTER (WHERE annotation_carrier IS NOT TRUE) AS span_count
+    FROM span_log GROUP BY trace_id
+), error_counts AS (
+    -- over the few failed spans only
+    SELECT trace_id, count(DISTINCT span_id) AS error_count
+    FROM span_log WHERE status_code = 'ERROR' AND annotation_carrier IS NOT TRUE GROUP BY trace_id
+), fb AS (
+    -- feedback, read from the few spans that have any: a root span's own values (a span without a parent;
+    -- the earliest one with the value if a broken trace has several) win over the latest on any span
+    SELECT trace_id,
+           sum(feedback_count) AS feedback_count,
            arg_max(user_feedback, last_feedback_time) FILTER (WHERE user_feedback IS NOT NULL) AS any_feedback,
            arg_max(user_feedback_rating, last_feedback_time) FILTER (WHERE user_feedback_rating IS NOT NULL)
                AS any_rating,
@@ -199,38 +247,36 @@ WITH agg AS (
                AS any_category,
            arg_max(user_feedback_comment, last_feedback_time) FILTER (WHERE user_feedback_comment IS NOT NULL)
                AS any_comment,
-           -- the root span's fields, one plain aggregate each (DuckDB prunes those a query does not use)
-           arg_min_null(span_id, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_span_id,
-           arg_min_null(name, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_name,
-           arg_min_null(service_name, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_service_name,
-           arg_min_null(status_code, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_status_code,
-           arg_min_null(user_feedback, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback,
-           arg_min_null(user_feedback_rating, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_rating,
-           arg_min_null(user_feedback_category, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_category,
-           arg_min_null(user_feedback_comment, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_comment,
-           arg_min_null(user_feedback_timestamp, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_timestamp,
-           arg_min_null(input, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_input,
-           arg_min_null(output, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_output,
-           -- a separate aggregate, so queries that do not need it never read the attributes column
-           arg_min_null(attributes, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_attributes
-    FROM spans
-    WHERE annotation_carrier IS NOT TRUE  -- OpenInference annotation carriers are feedback, not answers
+           arg_min(user_feedback, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback,
+           arg_min(user_feedback_rating, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_rating,
+           arg_min(user_feedback_category, start_time) FILTER (WHERE parent_span_id IS NULL)
+               AS r_user_feedback_category,
+           arg_min(user_feedback_comment, start_time) FILTER (WHERE parent_span_id IS NULL) AS r_user_feedback_comment,
+           arg_min(user_feedback_timestamp, start_time) FILTER (WHERE parent_span_id IS NULL) AS user_feedback_timestamp,
+           -- the patch of the root span, for root_attributes (checked against the root's id below)
+           arg_min(span_id, start_time) FILTER (WHERE parent_span_id IS NULL AND patch IS NOT NULL) AS patched_root,
+           arg_min(patch, start_time) FILTER (WHERE parent_span_id IS NULL AND patch IS NOT NULL) AS root_patch
+    FROM span_feedback_as_of('infinity'::TIMESTAMP_NS, false)
     GROUP BY trace_id
 ), joined AS (
-    SELECT a.trace_id, a.r_span_id AS root_span_id, a.r_name AS root_name,
-           coalesce(a.r_service_name, a.any_service) AS service_name, a.model,
-           a.start_time, a.end_time,
-           date_diff('microsecond', a.start_time, a.end_time) / 1000.0 AS duration_ms,
-           a.span_count, a.error_count,
-           CASE WHEN a.error_count > 0 THEN 'ERROR' ELSE coalesce(a.r_status_code, 'UNSET') END AS status_code,
-           a.root_input AS input, a.root_output AS output,
-           coalesce(a.r_user_feedback, a.any_feedback) AS user_feedback,
-           coalesce(a.r_user_feedback_rating, a.any_rating) AS user_feedback_rating,
-           coalesce(a.r_user_feedback_category, a.any_category) AS user_feedback_category,
-           coalesce(a.r_user_feedback_comment, a.any_comment) AS user_feedback_comment,
-           a.r_user_feedback_timestamp AS user_feedback_timestamp, a.feedback_count,
-           a.root_attributes
-    FROM agg a
+    SELECT s.trace_id, s.root_span_id, s.root_name,
+           coalesce(s.root_service_name, s.any_service) AS service_name, s.model,
+           s.start_time, s.end_time,
+           date_diff('microsecond', s.start_time, s.end_time) / 1000.0 AS duration_ms,
+           n.span_count, coalesce(e.error_count, 0) AS error_count,
+           CASE WHEN e.error_count > 0 THEN 'ERROR' ELSE coalesce(s.root_status_code, 'UNSET') END AS status_code,
+           s.input, s.output,
+           coalesce(f.r_user_feedback, f.any_feedback) AS user_feedback,
+           coalesce(f.r_user_feedback_rating, f.any_rating) AS user_feedback_rating,
+           coalesce(f.r_user_feedback_category, f.any_category) AS user_feedback_category,
+           coalesce(f.r_user_feedback_comment, f.any_comment) AS user_feedback_comment,
+           f.user_feedback_timestamp, coalesce(f.feedback_count, 0) AS feedback_count,
+           CASE WHEN f.patched_root = s.root_span_id THEN json_merge_patch(s.root_span_attributes, f.root_patch)
+                ELSE s.root_span_attributes END AS root_attributes
+    FROM stats s
+    LEFT JOIN span_counts n USING (trace_id)
+    LEFT JOIN error_counts e USING (trace_id)
+    LEFT JOIN fb f USING (trace_id)
 )
 SELECT trace_id, root_span_id, root_name, service_name, model, start_time, end_time, duration_ms, span_count,
        error_count, status_code, input, output, user_feedback, user_feedback_rating,
@@ -296,7 +342,8 @@ WITH ann AS (SELECT * FROM annotations), patches AS (
     SELECT trace_id, span_id, arg_min(name, received_at) AS name, min(start_time) AS start_time,
            arg_min(parent_span_id, received_at) AS parent_span_id
     FROM span_log
-    WHERE span_id IN (SELECT span_id FROM ann UNION ALL SELECT span_id FROM patches)
+    SEMI JOIN (SELECT trace_id, span_id FROM ann UNION SELECT trace_id, span_id FROM patches) n
+        USING (trace_id, span_id)
     GROUP BY trace_id, span_id
 ), evals AS (
     SELECT a.trace_id,
@@ -401,6 +448,7 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("feedback_targets", FEEDBACK_TARGETS),
     ("feedback_as_of", FEEDBACK_AS_OF),
     ("feedback_patches_as_of", FEEDBACK_PATCHES),
+    ("span_feedback_as_of", SPAN_FEEDBACK_AS_OF),
     ("spans_as_of", SPANS_AS_OF),
     ("spans", SPANS),
     ("orphan_feedback", ORPHAN_FEEDBACK),
