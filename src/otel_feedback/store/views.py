@@ -13,8 +13,10 @@ from __future__ import annotations
 
 FEEDBACK = """
 CREATE OR REPLACE VIEW feedback AS
-SELECT * FROM feedback_log
-QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY seq) = 1
+-- the first copy of each record (a retry with the same id changes nothing): no earlier copy exists. As a
+-- join, a filter on the target (trace_id) reaches feedback_log, so one trace's feedback is read alone.
+SELECT f.* FROM feedback_log f
+ANTI JOIN feedback_log e ON e.feedback_id = f.feedback_id AND e.seq < f.seq
 """
 
 SPAN_ROWS = """
@@ -30,7 +32,7 @@ FEEDBACK_TARGETS = """
 CREATE OR REPLACE VIEW feedback_targets AS
 -- Each branch first narrows span_log to the ids the feedback names (a semi-join on a small set), so a
 -- million spans are scanned, not grouped.
-WITH f AS (
+WITH f AS NOT MATERIALIZED (
     SELECT feedback_id, trace_id, span_id, target_key, target_value FROM feedback
 ), by_attr AS (
     -- an attribute value (session.id, client_request_id) names every trace carrying it; a session
