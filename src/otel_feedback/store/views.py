@@ -86,27 +86,28 @@ FEEDBACK_PATCHES = """
 CREATE OR REPLACE MACRO feedback_patches_as_of(as_of, by_arrival) AS TABLE
 -- per targeted span: the merge patch of its feedback (latest value per key, a JSON null kept so that it
 -- removes the span's own key), how many records and when the latest was given
-WITH ft AS (
-    SELECT t.trace_id, t.span_id, f.feedback_time, f.seq, f.attributes
+-- One pipeline with no shared intermediate (DuckDB would materialise it whole), so a filter on trace_id
+-- reaches the feedback log and one trace's patches are computed alone.
+WITH kv AS (
+    -- each record gives one row per key it sets, plus one row with a NULL key that counts the record
+    SELECT t.trace_id, t.span_id, f.feedback_time, f.seq,
+           unnest(list_prepend({'key': NULL::VARCHAR, 'value': NULL::JSON},
+                               map_entries(json_transform(f.attributes, '"MAP(VARCHAR, JSON)"'))),
+                  recursive := true)
     FROM feedback_as_of(as_of, by_arrival) f JOIN feedback_targets t USING (feedback_id)
-), kv AS (
-    SELECT trace_id, span_id, feedback_time, seq,
-           unnest(map_entries(json_transform(attributes, '"MAP(VARCHAR, JSON)"')), recursive := true)
-    FROM ft WHERE attributes <> '{}'
 ), latest AS (
-    SELECT trace_id, span_id, key, arg_max_null(value, (feedback_time, seq)) AS value
+    SELECT trace_id, span_id, key, arg_max_null(value, (feedback_time, seq)) AS value,
+           count(*) AS records, max(feedback_time) AS last_feedback_time
     FROM kv GROUP BY ALL
-), counts AS (
-    SELECT trace_id, span_id, count(*) AS feedback_count, max(feedback_time) AS last_feedback_time
-    FROM ft GROUP BY ALL
 )
-SELECT c.trace_id, c.span_id, l.patch, c.feedback_count, c.last_feedback_time
-FROM counts c
-LEFT JOIN (
-    -- keys in order, so the same feedback always gives the same JSON text
-    SELECT trace_id, span_id, to_json(map_from_entries(list((key, value) ORDER BY key))) AS patch
-    FROM latest GROUP BY ALL
-) l USING (trace_id, span_id)
+SELECT trace_id, span_id,
+       -- keys in order, so the same feedback always gives the same JSON text
+       CASE WHEN count(key) > 0 THEN
+           to_json(map_from_entries(list((key, value) ORDER BY key) FILTER (WHERE key IS NOT NULL)))
+       END AS patch,
+       sum(records) FILTER (WHERE key IS NULL) AS feedback_count,
+       max(last_feedback_time) FILTER (WHERE key IS NULL) AS last_feedback_time
+FROM latest GROUP BY trace_id, span_id
 """
 
 SPAN_FEEDBACK_AS_OF = """
@@ -114,29 +115,29 @@ CREATE OR REPLACE MACRO span_feedback_as_of(as_of, by_arrival) AS TABLE
 -- The feedback state of every stored span that has any: its own user_feedback* keys (derived at decode,
 -- NULL for almost every span) merged with its patches. Only those few spans are read, so the spans and
 -- traces views pay for feedback in proportion to the feedback, not to the spans.
-WITH p AS (
-    SELECT * FROM feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival)
-), copies AS (
-    -- stored copies (by arrival: received by then) of the spans with feedback keys of their own or patches
-    SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes
-    FROM span_log
-    WHERE feedback_attributes IS NOT NULL AND (NOT by_arrival OR received_at <= CAST(as_of AS TIMESTAMP_NS))
-    UNION ALL
-    SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes
-    FROM span_log SEMI JOIN p USING (trace_id, span_id)
-    WHERE feedback_attributes IS NULL AND (NOT by_arrival OR received_at <= CAST(as_of AS TIMESTAMP_NS))
+WITH copies AS (
+    -- stored copies (by arrival: received by then) of the spans with feedback keys of their own or patches;
+    -- the patches are read once, in this join, so that a filter on trace_id reaches them
+    SELECT s.trace_id, s.span_id, s.parent_span_id, s.start_time, s.received_at, s.feedback_attributes,
+           p.patch, p.feedback_count, p.last_feedback_time
+    FROM span_log s
+    LEFT JOIN feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival) p USING (trace_id, span_id)
+    WHERE (s.feedback_attributes IS NOT NULL OR p.span_id IS NOT NULL)
+      AND (NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS))
 ), stored AS (
     SELECT trace_id, span_id, arg_min_null(parent_span_id, received_at) AS parent_span_id,
-           min(start_time) AS start_time, arg_min_null(feedback_attributes, received_at) AS feedback_attributes
+           min(start_time) AS start_time, arg_min_null(feedback_attributes, received_at) AS feedback_attributes,
+           any_value(patch) AS patch, any_value(feedback_count) AS feedback_count,
+           any_value(last_feedback_time) AS last_feedback_time
     FROM copies GROUP BY trace_id, span_id
 ), known AS (
-    SELECT trace_id, span_id, s.parent_span_id, s.start_time, p.patch,
-           coalesce(p.feedback_count, 0) AS feedback_count, p.last_feedback_time,
-           json_extract(CASE WHEN p.patch IS NULL THEN s.feedback_attributes
-                             ELSE json_merge_patch(coalesce(s.feedback_attributes, '{}'), p.patch) END,
+    SELECT trace_id, span_id, parent_span_id, start_time, patch,
+           coalesce(feedback_count, 0) AS feedback_count, last_feedback_time,
+           json_extract(CASE WHEN patch IS NULL THEN feedback_attributes
+                             ELSE json_merge_patch(coalesce(feedback_attributes, '{}'), patch) END,
                         ['$."user_feedback"', '$."user_feedback_rating"', '$."user_feedback_category"',
                          '$."user_feedback_comment"', '$."user_feedback_timestamp"']) AS k
-    FROM stored s LEFT JOIN p USING (trace_id, span_id)
+    FROM stored
 ), cols AS (
     SELECT * EXCLUDE (k),
            k[1]->>'$' AS user_feedback,
