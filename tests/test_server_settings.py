@@ -23,7 +23,7 @@ def test_the_server_bounds_duckdb_memory(tmp_path: Path) -> None:
 
 
 def test_default_memory_limit_is_one_gigabyte() -> None:
-    assert Settings.load(env={}).memory_limit == "1GB"
+    assert Settings.load(env={}).memory_limit == "512MB"
     assert Settings.load(env={"OTEL_FEEDBACK_MEMORY_LIMIT": "2GB"}).memory_limit == "2GB"
 
 
