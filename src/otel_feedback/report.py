@@ -101,11 +101,12 @@ def view_body(name: str) -> str:
 
 
 def scoped(sql: str, where: str | None) -> str:
-    """``sql`` with ``traces`` and ``annotations`` narrowed to the traces matching ``where`` (None: all)."""
+    """``sql`` with ``traces`` (and ``feedback_traces``) and ``annotations`` narrowed to the traces matching ``where`` (None: all)."""
     if not where:
         return sql
     ctes = (
         f"traces AS (SELECT * FROM main.traces WHERE {where}),\n"
+        f"feedback_traces AS (SELECT * FROM main.feedback_traces WHERE {where}),\n"
         "annotations AS (SELECT * FROM main.annotations WHERE trace_id IN (SELECT trace_id FROM traces))"
     )
     m = _WITH.match(sql)

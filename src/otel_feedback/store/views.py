@@ -205,8 +205,7 @@ QUALIFY row_number() OVER (
     ORDER BY f.feedback_time DESC, f.seq DESC) = 1
 """
 
-TRACES = """
-CREATE OR REPLACE VIEW traces AS
+_TRACES_BODY = """
 -- Three aggregations, each only as wide as it must be: span statistics and the root's fields over span_log,
 -- span counts over the deduplicated spans, and feedback over the few spans that have any. Traces made only
 -- of annotation carrier spans (OpenInference feedback sent as spans) are not traces of the application.
@@ -228,12 +227,13 @@ WITH stats AS (
            arg_min(attributes, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_span_attributes
     FROM span_log
     WHERE annotation_carrier IS NOT TRUE  -- OpenInference annotation carriers are feedback, not answers
+      {only}
     GROUP BY trace_id
 ), span_counts AS (
     -- counts need each span once (distinct ids): each its own single-aggregate grouping of span_log, which
     -- DuckDB drops from queries that do not ask for span_count, error_count or status_code
     SELECT trace_id, count(DISTINCT span_id) FILTER (WHERE annotation_carrier IS NOT TRUE) AS span_count
-    FROM span_log GROUP BY trace_id
+    FROM span_log WHERE TRUE {only} GROUP BY trace_id
 ), error_counts AS (
     -- over the few failed spans only
     SELECT trace_id, count(DISTINCT span_id) AS error_count
@@ -297,6 +297,16 @@ SELECT trace_id, root_span_id, root_name, service_name, model, start_time, end_t
        root_attributes
 FROM joined
 """
+
+
+TRACES = "CREATE OR REPLACE VIEW traces AS\n" + _TRACES_BODY.format(only="")
+
+FEEDBACK_TRACES = "CREATE OR REPLACE VIEW feedback_traces AS\n" + _TRACES_BODY.format(
+    # the rows of traces for the traces with any feedback (a superset of those with negative feedback), so that
+    # worst_traces aggregates those traces' spans, not every span
+    only="AND trace_id IN (SELECT trace_id FROM feedback_targets "
+    "UNION ALL SELECT trace_id FROM span_log WHERE feedback_attributes IS NOT NULL)"
+)
 
 
 def _metrics(name: str, key: str, alias: str) -> str:
@@ -363,7 +373,7 @@ WITH ann AS (SELECT * FROM annotations), patches AS (
     GROUP BY p.trace_id
 ), neg AS (
     -- the negative traces first, without their text: only those then get input and output from span_log
-    SELECT * EXCLUDE (input, output) FROM traces WHERE sentiment = 'negative'
+    SELECT * EXCLUDE (input, output) FROM feedback_traces WHERE sentiment = 'negative'
 ), io AS (
     SELECT trace_id, arg_min_null(input, start_time) AS input, arg_min_null(output, start_time) AS output
     FROM span_log
@@ -457,6 +467,7 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("orphan_feedback", ORPHAN_FEEDBACK),
     ("annotations", ANNOTATIONS),
     ("traces", TRACES),
+    ("feedback_traces", FEEDBACK_TRACES),
     ("feedback_summary", FEEDBACK_SUMMARY),
     ("feedback_by_hour", FEEDBACK_BY_HOUR),
     ("feedback_by_day", FEEDBACK_BY_DAY),
