@@ -46,7 +46,7 @@ WITH f AS NOT MATERIALIZED (
     FROM span_log
     WHERE client_request_id IN (SELECT target_value FROM f WHERE target_key = 'client_request_id')
       AND annotation_carrier IS NOT TRUE
-), roots AS (
+), roots AS NOT MATERIALIZED (
     -- the root span(s) of the traces named by trace id or through an attribute
     SELECT DISTINCT trace_id, span_id FROM span_log
     WHERE parent_span_id IS NULL
