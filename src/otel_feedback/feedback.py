@@ -21,9 +21,9 @@ Rules (documented in the README, enforced here, tested in ``tests/test_feedback.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -338,7 +338,7 @@ def _kind(value: Any, where: str, default: str | None) -> str | None:
 
 def _feedback_id(value: Any, where: str) -> str:
     if value is None:
-        return uuid.uuid4().hex
+        return os.urandom(16).hex()  # random like uuid4().hex, without its ~5 us per record
     if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
         raise InvalidRequest(f"{where}: must be a non-empty string of at most {MAX_ID_CHARS} characters")
     return value
