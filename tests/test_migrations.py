@@ -1,5 +1,5 @@
-"""A file written before migration 0002 opens with the derived span columns filled in from its attributes,
-and its views answer exactly as for data written today."""
+"""A file written before migrations 0002 and 0003 opens with the derived span columns filled in from its
+attributes, and its views answer exactly as for data written today."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ ATTRS = {
     "a2": '{"llm.model_name": "claude-haiku-4", "user_feedback": "negative", "user_feedback_rating": 2}',
     "a3": '{"session.id": "s1", "session.annotations.0.annotation.name": "csat"}',
     "a4": "{}",
+    "a5": '{"annotation_status": "empty", "input.value": "q5"}',
 }
 
 
@@ -44,11 +45,15 @@ def test_a_version_1_file_gets_its_derived_columns(tmp_path: Path) -> None:
             ("a2", "claude-haiku-4", True, False, "negative", 2.0),
             ("a3", None, False, True, None, None),
             ("a4", None, False, False, None, None),
+            ("a5", None, True, False, None, None),
         ]
         assert store.query("SELECT root_name, input FROM traces ORDER BY root_name").rows == [
             ("a1", "q"),
             ("a2", None),
             ("a4", None),
+            ("a5", "q5"),
         ]
-        # the carrier's trace is feedback, not an answer: three traces remain, one of them negative
-        assert store.query("SELECT traces, negative FROM feedback_summary").rows == [(3, 1)]
+        # the carrier's trace is feedback, not an answer: four traces remain, one of them negative
+        assert store.query("SELECT traces, negative FROM feedback_summary").rows == [(4, 1)]
+        # 0003: a span's own annotation_status puts it in the review queue
+        assert store.query("SELECT name, input, user_feedback FROM review_queue").rows == [("a5", "q5", None)]

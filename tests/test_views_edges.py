@@ -68,7 +68,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             post = {"headers": {"content-type": "application/x-protobuf"}}
             t1 = request(
                 span(T1, "00000000000000a1", None, "chat", 0, attrs={"input.value": "hi", "output.value": "hello"}),
-                span(T1, "00000000000000a2", "00000000000000a1", "tool", 1, error=True),
+                span(
+                    T1,
+                    "00000000000000a2",
+                    "00000000000000a1",
+                    "tool",
+                    1,
+                    error=True,
+                    attrs={"annotation_status": "empty"},
+                ),
             )
             # the same export twice: the client did not get the first answer and retried
             assert http.post("/v1/traces", content=t1, **post).status_code == 200
@@ -172,3 +180,18 @@ def test_views_agree_on_every_trace(server: Server) -> None:
         assert sql(server, "SELECT * FROM traces WHERE trace_id = $t", {"t": trace_id}) == [row]
     summary = sql(server, "SELECT traces, traces_with_feedback, positive, negative FROM feedback_summary")
     assert summary == [{"traces": 3, "traces_with_feedback": 2, "positive": 1, "negative": 1}]
+
+
+def test_review_queue_from_own_attributes_and_patches(server: Server) -> None:
+    """A span sent with annotation_status "empty" is in the queue with no feedback on it; a patch that sets
+    "filled" takes it out."""
+    rows = sql(server, "SELECT trace_id, span_id, name, user_feedback FROM review_queue")
+    assert rows == [{"trace_id": T1, "span_id": "00000000000000a2", "name": "tool", "user_feedback": None}]
+    (t,) = sql(
+        server, "SELECT feedback_count, user_feedback, has_user_feedback FROM traces WHERE trace_id = $t", {"t": T1}
+    )
+    assert t == {"feedback_count": 0, "user_feedback": None, "has_user_feedback": False}
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        r = http.patch(f"/v1/traces/{T1}/spans/00000000000000a2", json={"attributes": {"annotation_status": "filled"}})
+        assert r.status_code in (200, 202), r.text
+    assert sql(server, "SELECT * FROM review_queue") == []

@@ -22,7 +22,7 @@ import pyarrow as pa
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .model import FEEDBACK_KEYS, LOG_SCHEMA, SPAN_KINDS, SPAN_SCHEMA, STATUS_CODES, FeedbackEvent
+from .model import LOG_SCHEMA, OWN_FEEDBACK_KEYS, SPAN_KINDS, SPAN_SCHEMA, STATUS_CODES, FeedbackEvent
 
 ANNOTATION_PREFIXES = ("annotations.", "trace.annotations.", "session.annotations.", "evaluations.")
 """Attribute prefixes that make a span an OpenInference annotation carrier."""
@@ -275,7 +275,8 @@ def decode_traces(
                     or attrs.get("llm.model_name")
                     or attrs.get("gen_ai.response.model")
                 )
-                own_feedback = _own_feedback(attrs) if "user_feedback" in "".join(attrs) else None
+                keys = "".join(attrs)
+                own_feedback = _own_feedback(attrs) if "user_feedback" in keys or "annotation_status" in keys else None
                 carrier = bool(attrs) and _has_annotations(attrs)
                 add(
                     (
@@ -340,9 +341,9 @@ def _span_table(rows: list[tuple[Any, ...]], received: int) -> pa.Table:
 
 def _own_feedback(attrs: dict[str, Any]) -> str | None:
     """The span's own well-known feedback attributes as JSON (every key, null when absent), or None."""
-    if not any(k in attrs for k in FEEDBACK_KEYS):
+    if not any(k in attrs for k in OWN_FEEDBACK_KEYS):
         return None
-    return _dumps({k: attrs.get(k) for k in FEEDBACK_KEYS}).decode()
+    return _dumps({k: attrs.get(k) for k in OWN_FEEDBACK_KEYS}).decode()
 
 
 def _has_annotations(attrs: dict[str, Any]) -> bool:

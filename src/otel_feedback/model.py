@@ -75,6 +75,10 @@ FEEDBACK_KEYS = (
 )
 """The well-known feedback attributes the views turn into columns."""
 
+OWN_FEEDBACK_KEYS = (*FEEDBACK_KEYS, "annotation_status")
+"""The keys a span's own attributes contribute to ``span_log.feedback_attributes`` (derived at decode, NULL
+when the span has none): the feedback columns, and ``annotation_status`` for the review queue."""
+
 LOG_SCHEMA = pa.schema(
     [
         ("time", _TS),

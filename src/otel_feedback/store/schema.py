@@ -139,6 +139,25 @@ MIGRATIONS = (
     ),
 )
 
+MIGRATIONS = (
+    *MIGRATIONS,
+    Migration(
+        # a span's own annotation_status joins the derived feedback attributes, so that the review queue reads
+        # the few spans with feedback state instead of parsing every span's attributes
+        "0003_review_status",
+        """
+        UPDATE span_log SET feedback_attributes = json_object(
+                'user_feedback', attributes->'user_feedback',
+                'user_feedback_rating', attributes->'user_feedback_rating',
+                'user_feedback_category', attributes->'user_feedback_category',
+                'user_feedback_comment', attributes->'user_feedback_comment',
+                'user_feedback_timestamp', attributes->'user_feedback_timestamp',
+                'annotation_status', attributes->'annotation_status')
+        WHERE json_exists(attributes, '$."annotation_status"');
+        """,
+    ),
+)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _MIGRATIONS_DDL = """

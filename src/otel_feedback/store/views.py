@@ -136,7 +136,7 @@ WITH copies AS (
            json_extract(CASE WHEN patch IS NULL THEN feedback_attributes
                              ELSE json_merge_patch(coalesce(feedback_attributes, '{}'), patch) END,
                         ['$."user_feedback"', '$."user_feedback_rating"', '$."user_feedback_category"',
-                         '$."user_feedback_comment"', '$."user_feedback_timestamp"']) AS k
+                         '$."user_feedback_comment"', '$."user_feedback_timestamp"', '$."annotation_status"']) AS k
     FROM stored
 ), cols AS (
     SELECT * EXCLUDE (k),
@@ -144,11 +144,12 @@ WITH copies AS (
            TRY_CAST(k[2]->>'$' AS DOUBLE) AS user_feedback_rating,
            k[3]->>'$' AS user_feedback_category,
            k[4]->>'$' AS user_feedback_comment,
-           k[5] AS ts
+           k[5] AS ts,
+           k[6]->>'$' AS annotation_status
     FROM known
 )
 SELECT trace_id, span_id, parent_span_id, start_time, patch, feedback_count, last_feedback_time,
-       user_feedback, user_feedback_rating, user_feedback_category, user_feedback_comment,
+       user_feedback, user_feedback_rating, user_feedback_category, user_feedback_comment, annotation_status,
        CASE WHEN ts->>'$' IS NOT NULL THEN
            coalesce(
                TRY_CAST(TRY_CAST(ts->>'$' AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP_NS),
@@ -432,11 +433,25 @@ ORDER BY name
 
 REVIEW_QUEUE = """
 CREATE OR REPLACE VIEW review_queue AS
+-- read from the few spans with feedback state (their own annotation_status is derived at decode), not from
+-- every span's attributes
+WITH f AS (
+    SELECT * FROM span_feedback_as_of('infinity'::TIMESTAMP_NS, false) WHERE annotation_status = 'empty'
+), s AS (
+    SELECT trace_id, span_id, arg_min(name, received_at) AS name, arg_min(service_name, received_at) AS service_name,
+           min(start_time) AS start_time, arg_min(attributes, received_at) AS attributes
+    FROM span_log SEMI JOIN f USING (trace_id, span_id)
+    GROUP BY trace_id, span_id
+), merged AS (
+    SELECT s.trace_id, s.span_id, s.name, s.service_name, s.start_time,
+           CASE WHEN f.patch IS NULL THEN s.attributes ELSE json_merge_patch(s.attributes, f.patch) END AS attributes,
+           f.user_feedback, f.user_feedback_rating, f.user_feedback_comment, f.last_feedback_time
+    FROM s JOIN f USING (trace_id, span_id)
+)
 SELECT trace_id, span_id, name, service_name, start_time,
        attributes->>'input.value' AS input, attributes->>'output.value' AS output,
        user_feedback, user_feedback_rating, user_feedback_comment, last_feedback_time
-FROM spans
-WHERE attributes->>'annotation_status' = 'empty'
+FROM merged
 ORDER BY last_feedback_time NULLS LAST, start_time
 """
 
