@@ -55,5 +55,11 @@ def test_a_version_1_file_gets_its_derived_columns(tmp_path: Path) -> None:
         ]
         # the carrier's trace is feedback, not an answer: four traces remain, one of them negative
         assert store.query("SELECT traces, negative FROM feedback_summary").rows == [(4, 1)]
+        # 0004: the tables were rebuilt with zstd on the long text, every row kept in order
+        ddl = store.query("SELECT sql FROM duckdb_tables() WHERE table_name = 'span_log'").rows[0][0]
+        assert (
+            "attributes JSON USING COMPRESSION ZSTD NOT NULL" in ddl and '"input" VARCHAR USING COMPRESSION ZSTD' in ddl
+        )
+        assert [r[0] for r in store.query("SELECT name FROM span_log ORDER BY rowid").rows] == list(ATTRS)
         # 0003: a span's own annotation_status puts it in the review queue
         assert store.query("SELECT name, input, user_feedback FROM review_queue").rows == [("a5", "q5", None)]

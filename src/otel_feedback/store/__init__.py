@@ -103,14 +103,14 @@ class Store:
                 check_version(version, self.path)
                 self.writer: Writer | None = None
             else:
-                migrate(self._con, self.path, __version__)
-                for _name, ddl in VIEWS:
-                    self._con.execute(ddl)
-                if memory_limit:
+                if memory_limit:  # before the migrations: one that rebuilds a large table stays within it
                     self._con.execute(f"SET memory_limit = '{memory_limit}'")  # validated by Settings
                     # fewer, larger checkpoints: less writer CPU per span under sustained ingest (the WAL
                     # replayed after a crash grows accordingly)
                     self._con.execute("SET checkpoint_threshold = '256MB'")
+                migrate(self._con, self.path, __version__)
+                for _name, ddl in VIEWS:
+                    self._con.execute(ddl)
                 if lockdown:
                     self._con.execute("SET enable_external_access = false")
                     self._con.execute("SET lock_configuration = true")
