@@ -233,7 +233,7 @@ def _text(value: Any, where: str, limits: Limits, *, allow_none: bool = True) ->
         return None
     if not isinstance(value, str):
         raise InvalidRequest(f"{where}: must be a string, got {type(value).__name__}")
-    if len(value) > limits.max_comment_bytes or len(value.encode()) > limits.max_comment_bytes:
+    if len(value) > limits.max_comment_bytes // 4 and len(value.encode()) > limits.max_comment_bytes:
         raise InvalidRequest(
             f"{where}: {len(value.encode())} bytes, over the limit of {limits.max_comment_bytes} "
             "(OTEL_FEEDBACK_MAX_COMMENT_BYTES)"
@@ -290,20 +290,34 @@ def check_attributes(attrs: Any, where: str, limits: Limits, config: FeedbackCon
             "(OTEL_FEEDBACK_MAX_PATCH_KEYS)"
         )
     out: dict[str, Any] = {}
+    declarations = config.declarations
+    # a string of at most this many characters cannot be over the byte limit (UTF-8: <= 4 bytes each)
+    short = limits.max_comment_bytes // 4
     for key, value in attrs.items():
-        _name(key, f"{where}: attribute name")
-        w = f"{where}.{key}"
-        if isinstance(value, list):
-            value = [_scalar(v, f"{w}[{i}]", limits) for i, v in enumerate(value)]
-        else:
-            value = _scalar(value, w, limits)
-        decl = config.declarations.get(key)
-        if key == "user_feedback" and decl is None:
-            value = normalize_thumb(value, w)
+        # The common case (a short string, a number, a bool, null) is checked inline; the messages, and the
+        # ``where`` text they need, are only built for what fails or needs a closer look.
+        if type(key) is not str or not key.strip() or len(key) > MAX_KEY_CHARS:
+            _name(key, f"{where}: attribute name")
+        t = type(value)
+        if not (
+            value is None
+            or t is int
+            or t is bool
+            or (t is str and len(value) <= short)
+            or (t is float and math.isfinite(value))
+        ):
+            w = f"{where}.{key}"
+            if isinstance(value, list):
+                value = [_scalar(v, f"{w}[{i}]", limits) for i, v in enumerate(value)]
+            else:
+                value = _scalar(value, w, limits)
+        decl = declarations.get(key)
+        if decl is None and key == "user_feedback":
+            value = normalize_thumb(value, f"{where}.{key}")
         elif decl is not None:
-            value = decl.check(value, w)
+            value = decl.check(value, f"{where}.{key}")
         elif config.strict and not key.startswith("user_feedback"):
-            raise InvalidRequest(f"{w}: {key!r} is not a declared feedback name (strict mode)")
+            raise InvalidRequest(f"{where}.{key}: {key!r} is not a declared feedback name (strict mode)")
         out[key] = value
     return out
 
