@@ -296,6 +296,24 @@ def serve(
 
 @cli.command()
 @db_option
+@_errors
+def compact(db: str | None) -> None:
+    """Rewrite the DuckDB file without its free space (stop the server first).
+
+    DuckDB reuses space freed inside the file but never gives it back; after an upgrade that rebuilt a large
+    table, this shrinks the file. The original is replaced only once the copy holds every row."""
+    from .store.compact import compact as run_compact
+
+    path = Settings.load(db=db).db
+    done = run_compact(path)
+    click.echo(
+        f"{done.path}: {done.bytes_before / 1e6:,.1f} MB -> {done.bytes_after / 1e6:,.1f} MB "
+        f"({sum(done.rows.values()):,} rows in {len(done.rows)} tables)"
+    )
+
+
+@cli.command()
+@db_option
 @click.option("--grpc-port", type=int, default=None, help="OTLP/gRPC port (0: any free). [default: 4317]")
 @click.option("--http-port", type=int, default=None, help="HTTP port (0: any free). [default: 4318]")
 @click.option(
