@@ -14,6 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from otel_feedback.config import Settings
 from otel_feedback.server import Server
@@ -59,6 +63,23 @@ def sql(server: Server, query: str, params: dict | None = None) -> list[dict]:
     assert server.store is not None
     res = server.store.query(query, params)
     return [dict(zip(res.columns, row, strict=True)) for row in res.rows]
+
+
+def send_trace(server: Server, *, service: str, name: str, attributes: dict[str, str]) -> dict[str, str]:
+    """A root span ``name`` with ``attributes`` and one ``retrieve`` child, sent with the real SDK over gRPC;
+    their hex ids (``trace``, ``root``, ``child``)."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=server.grpc_target, insecure=True)))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span(name, attributes=attributes) as root:
+        with tracer.start_as_current_span("retrieve") as child:
+            pass
+    provider.shutdown()
+    return {
+        "trace": format(root.get_span_context().trace_id, "032x"),
+        "root": format(root.get_span_context().span_id, "016x"),
+        "child": format(child.get_span_context().span_id, "016x"),
+    }
 
 
 @dataclass

@@ -9,7 +9,6 @@ import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
@@ -17,28 +16,17 @@ import otel_feedback
 from otel_feedback._pb import feedback_pb2
 from otel_feedback.store import Store
 
-from .conftest import make_server, sql
+from .conftest import make_server, send_trace, sql
 
 
 def _trace(server, *, session: str | None = None, request_id: str | None = None, name: str = "chat") -> dict[str, str]:
     """A root span with one child, sent with the real SDK over gRPC; their hex ids."""
-    provider = TracerProvider(resource=Resource.create({"service.name": "support-bot"}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=server.grpc_target, insecure=True)))
-    tracer = provider.get_tracer("t")
     attrs = {"input.value": "where is my order?", "output.value": "it shipped"}
     if session:
         attrs["session.id"] = session
     if request_id:
         attrs["client_request_id"] = request_id
-    with tracer.start_as_current_span(name, attributes=attrs) as root:
-        with tracer.start_as_current_span("retrieve") as child:
-            pass
-    provider.shutdown()
-    return {
-        "trace": format(root.get_span_context().trace_id, "032x"),
-        "root": format(root.get_span_context().span_id, "016x"),
-        "child": format(child.get_span_context().span_id, "016x"),
-    }
+    return send_trace(server, service="support-bot", name=name, attributes=attrs)
 
 
 def _span(server, span_id: str) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,15 +88,22 @@ def _send_spans(url: str, spans: dict[str, list[str]]) -> None:
     assert r.status_code == 200, r.text
 
 
-def _http_stream(url: str, spans: dict[str, list[str]], acked: Acked, stop: threading.Event) -> None:
+def _turns(spans: dict[str, list[str]], stop: threading.Event) -> Iterator[tuple[int, str, str, str]]:
+    """(n, trace id, root span id, child span id) for each request a stream sends, cycling over the traces,
+    bounded in count and time, until ``stop``."""
     traces = list(spans)
     deadline = time.monotonic() + STREAM_DEADLINE_S
+    for n in range(MAX_REQUESTS_PER_THREAD):
+        if stop.is_set() or time.monotonic() > deadline:
+            return
+        trace_id = traces[n % len(traces)]
+        root, child = spans[trace_id]
+        yield n, trace_id, root, child
+
+
+def _http_stream(url: str, spans: dict[str, list[str]], acked: Acked, stop: threading.Event) -> None:
     with httpx.Client(base_url=url, timeout=10) as http:
-        for n in range(MAX_REQUESTS_PER_THREAD):
-            if stop.is_set() or time.monotonic() > deadline:
-                return
-            trace_id = traces[n % len(traces)]
-            root, child = spans[trace_id]
+        for n, trace_id, root, child in _turns(spans, stop):
             try:
                 if n % 3 == 0:  # PATCH a span
                     fid, key = f"h-{n}", f"h_{n}"
@@ -137,8 +145,6 @@ def _http_stream(url: str, spans: dict[str, list[str]], acked: Acked, stop: thre
 
 
 def _grpc_stream(url: str, target: str, spans: dict[str, list[str]], acked: Acked, stop: threading.Event) -> None:
-    traces = list(spans)
-    deadline = time.monotonic() + STREAM_DEADLINE_S
     client = otel_feedback.FeedbackClient(url, transport="grpc", grpc_target=target, retries=0, raise_errors=True)
     with grpc.insecure_channel(target) as channel:
         batch = channel.unary_unary(
@@ -147,11 +153,7 @@ def _grpc_stream(url: str, target: str, spans: dict[str, list[str]], acked: Acke
             response_deserializer=feedback_pb2.BatchPatchResponse.FromString,
         )
         try:
-            for n in range(MAX_REQUESTS_PER_THREAD):
-                if stop.is_set() or time.monotonic() > deadline:
-                    return
-                trace_id = traces[n % len(traces)]
-                root, child = spans[trace_id]
+            for n, trace_id, root, child in _turns(spans, stop):
                 try:
                     if n % 2 == 0:
                         fid, key = f"g-{n}", f"g_{n}"

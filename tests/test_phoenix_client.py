@@ -12,14 +12,10 @@ import json
 
 import httpx
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from .conftest import sql
+from .conftest import send_trace, sql
 
 phoenix_client = pytest.importorskip("phoenix.client")
 
@@ -35,18 +31,7 @@ def client(server, monkeypatch):
 
 
 def _trace(server) -> dict[str, str]:
-    provider = TracerProvider(resource=Resource.create({"service.name": "rag"}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=server.grpc_target, insecure=True)))
-    tracer = provider.get_tracer("t")
-    with tracer.start_as_current_span("answer", attributes={"input.value": "q", "output.value": "a"}) as root:
-        with tracer.start_as_current_span("retrieve") as child:
-            pass
-    provider.shutdown()
-    return {
-        "trace": format(root.get_span_context().trace_id, "032x"),
-        "root": format(root.get_span_context().span_id, "016x"),
-        "child": format(child.get_span_context().span_id, "016x"),
-    }
+    return send_trace(server, service="rag", name="answer", attributes={"input.value": "q", "output.value": "a"})
 
 
 def _annotations(server, span_id: str) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,10 +15,12 @@ from .config import (
     OTEL_FEEDBACK_URL,
     Settings,
 )
-from .errors import ConfigError, DatabaseLocked, OtelFeedbackError
+from .errors import ConfigError, OtelFeedbackError
 from .output import TEXT_FORMATS, file_format, write_file, write_text
-from .store import Store
 from .store.query import check_sql, parse_param
+
+if TYPE_CHECKING:
+    from .client import Source
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,38 +106,31 @@ def query(
     """
     sql = _read_sql(sql)
     bound = _params(params)
-    if not url:
-        settings = Settings.load(db=db)
-        check_sql(sql, _ANY)
-        try:
-            store = Store(settings.db, read_only=True)
-        except DatabaseLocked as exc:
-            url = _server_holding(settings.db, exc)
-        else:
-            with store:
-                columns, types, chunks = store.stream(sql, bound)
-                if max_rows is not None:
-                    chunks = _limit(chunks, max_rows)
-                write_text(fmt, columns, types, chunks, sys.stdout)
+    with _source(db, url) as source:
+        if source.store is not None:
+            columns, types, chunks = source.store.stream(check_sql(sql, _ANY), bound)
+            if max_rows is not None:
+                chunks = _limit(chunks, max_rows)
+            write_text(fmt, columns, types, chunks, sys.stdout)
             return
     from .client import query_server
 
-    result = query_server(url, sql, bound, max_rows=max_rows)
+    result = query_server(source.url, sql, bound, max_rows=max_rows)
     write_text(fmt, result.columns, result.types, [result.rows], sys.stdout)
     if result.truncated:
         click.echo(f"(truncated at {len(result.rows)} rows)", err=True)
 
 
-def _server_holding(path: str, exc: DatabaseLocked) -> str:
-    """The URL of the running server that holds ``path`` (it is asked which file it writes), else ``exc``."""
-    from .client import server_holding
+def _source(db: str | None, url: str | None) -> Source:
+    """The file read-only, or the server at ``url``, or the running server that holds the file
+    (``client.open_source`` decides); says so on stderr when it is that server."""
+    from .client import open_source
 
-    settings = Settings.load()
-    found = server_holding(path, [u for u in (settings.url, f"http://127.0.0.1:{settings.http_port}") if u])
-    if found is None:
-        raise exc
-    click.echo(f"({path} is held by the server at {found}; asking it)", err=True)
-    return found
+    source = open_source(db, url)
+    if source.note:
+        path = db or Settings.load().db
+        click.echo(f"({path} is held by the server at {source.url}; asking it)", err=True)
+    return source
 
 
 def _limit(chunks: Any, n: int) -> Any:
@@ -181,22 +176,13 @@ def export(
     sql = _read_sql(sql)
     kind = file_format(output, fmt)
     bound = _params(params)
-    store = None
-    if not url:
-        settings = Settings.load(db=db)
-        try:
-            store = Store(settings.db, read_only=True)
-        except DatabaseLocked as exc:
-            url = _server_holding(settings.db, exc)
-    if store is not None:
-        with store:
-            reader, json_cols = store.batches(check_sql(sql, _ANY), bound)
-            rows = write_file(reader, output, kind, json_cols)
-    else:
-        from .client import arrow_from_server
+    with _source(db, url) as source:
+        if source.store is not None:
+            reader, json_cols = source.store.batches(check_sql(sql, _ANY), bound)
+        else:
+            from .client import arrow_from_server
 
-        assert url is not None
-        reader, json_cols = arrow_from_server(url, sql, bound)
+            reader, json_cols = arrow_from_server(source.url, sql, bound)
         rows = write_file(reader, output, kind, json_cols)
     click.echo(f"wrote {rows} row{'s' if rows != 1 else ''} to {output} ({kind})", err=True)
 

@@ -125,7 +125,14 @@ class Server:
                 # grpc core logs its own C-level line when a bind fails; check first so a taken port is one line.
                 _bind(s.host, s.grpc_port, "--grpc-port / OTEL_FEEDBACK_GRPC_PORT").close()
             self.store = Store(
-                s.db, queue_rows=s.queue_rows, commit_rows=s.commit_rows, lockdown=True, memory_limit=s.memory_limit
+                s.db,
+                queue_rows=s.queue_rows,
+                commit_rows=s.commit_rows,
+                lockdown=True,
+                memory_limit=s.memory_limit,
+                # fewer, larger checkpoints: less writer CPU per span under sustained ingest (the WAL replayed
+                # after a crash grows accordingly)
+                checkpoint_threshold="256MB",
             )
             if s.forward_to:
                 self._forwarder = Forwarder(s.forward_to)

@@ -85,9 +85,13 @@ class Store:
         commit_rows: int = 50_000,
         lockdown: bool = False,
         memory_limit: str | None = None,
+        checkpoint_threshold: str | None = None,
     ) -> None:
         """``lockdown`` (for a server answering others' SQL) turns off all file and network access
-        from SQL and locks the configuration, for this process's whole database instance."""
+        from SQL and locks the configuration, for this process's whole database instance.
+        ``memory_limit`` and ``checkpoint_threshold`` are DuckDB's settings of those names (sizes such as
+        ``512MB``, validated by the caller), applied before the migrations so that one which rebuilds a large
+        table stays within the limit."""
         from .._version import __version__
 
         self.path = str(path)
@@ -103,11 +107,9 @@ class Store:
                 check_version(version, self.path)
                 self.writer: Writer | None = None
             else:
-                if memory_limit:  # before the migrations: one that rebuilds a large table stays within it
-                    self._con.execute(f"SET memory_limit = '{memory_limit}'")  # validated by Settings
-                    # fewer, larger checkpoints: less writer CPU per span under sustained ingest (the WAL
-                    # replayed after a crash grows accordingly)
-                    self._con.execute("SET checkpoint_threshold = '256MB'")
+                for setting, value in (("memory_limit", memory_limit), ("checkpoint_threshold", checkpoint_threshold)):
+                    if value:
+                        self._con.execute(f"SET {setting} = '{value}'")
                 migrate(self._con, self.path, __version__)
                 for _name, ddl in VIEWS:
                     self._con.execute(ddl)

@@ -104,10 +104,6 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
-)
-
-MIGRATIONS = (
-    *MIGRATIONS,
     Migration(
         "0002_derived_span_columns",
         """
@@ -137,10 +133,6 @@ MIGRATIONS = (
                 OR starts_with(k, 'evaluations.'))) > 0;
         """,
     ),
-)
-
-MIGRATIONS = (
-    *MIGRATIONS,
     Migration(
         # a span's own annotation_status joins the derived feedback attributes, so that the review queue reads
         # the few spans with feedback state instead of parsing every span's attributes
@@ -156,10 +148,6 @@ MIGRATIONS = (
         WHERE json_exists(attributes, '$."annotation_status"');
         """,
     ),
-)
-
-MIGRATIONS = (
-    *MIGRATIONS,
     Migration(
         # The long text (attributes with prompts and completions, events, a root's input and output, log bodies)
         # compressed with zstd instead of DuckDB's default dictionary/FSST: on the benchmark's 1 M LLM-app spans

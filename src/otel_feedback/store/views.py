@@ -21,8 +21,9 @@ ANTI JOIN feedback_log e ON e.feedback_id = f.feedback_id AND e.seq < f.seq
 
 SPAN_ROWS = """
 CREATE OR REPLACE VIEW span_rows AS
--- the first copy of each span (a client's retry can store one twice): no earlier copy exists. As a join on
--- (trace_id, span_id) a filter on either id reaches both sides, so looking up one trace reads one trace.
+-- the first copy of each span (a client's retry can store one twice): no earlier copy exists. Unlike a
+-- grouping, this lets a filter on trace_id reach the copies kept, so looking up one trace reads that trace's
+-- rows (and only the ids of the others, for the anti-join).
 SELECT s.* FROM span_log s
 ANTI JOIN span_log e ON e.trace_id = s.trace_id AND e.span_id = s.span_id
     AND (e.received_at < s.received_at OR (e.received_at = s.received_at AND e.rowid < s.rowid))
@@ -207,9 +208,10 @@ QUALIFY row_number() OVER (
 """
 
 _TRACES_BODY = """
--- Three aggregations, each only as wide as it must be: span statistics and the root's fields over span_log,
--- span counts over the deduplicated spans, and feedback over the few spans that have any. Traces made only
--- of annotation carrier spans (OpenInference feedback sent as spans) are not traces of the application.
+-- Aggregations each only as wide as it must be: span statistics and the root's fields over span_log, counts of
+-- distinct span ids, and feedback over the few spans that have any. Traces made only of annotation carrier
+-- spans (OpenInference feedback sent as spans) are not traces of the application. The scope condition in
+-- stats and span_counts narrows the traces aggregated (TRUE for all of them).
 WITH stats AS (
     -- one pass over span_log: min, max and the root's fields do not change when a client's retry stored a
     -- span twice, so no deduplication here; each root field is its own aggregate, which DuckDB drops when
@@ -228,13 +230,13 @@ WITH stats AS (
            arg_min(attributes, start_time) FILTER (WHERE parent_span_id IS NULL) AS root_span_attributes
     FROM span_log
     WHERE annotation_carrier IS NOT TRUE  -- OpenInference annotation carriers are feedback, not answers
-      {only}
+      AND {scope}
     GROUP BY trace_id
 ), span_counts AS (
     -- counts need each span once (distinct ids): each its own single-aggregate grouping of span_log, which
     -- DuckDB drops from queries that do not ask for span_count, error_count or status_code
     SELECT trace_id, count(DISTINCT span_id) FILTER (WHERE annotation_carrier IS NOT TRUE) AS span_count
-    FROM span_log WHERE TRUE {only} GROUP BY trace_id
+    FROM span_log WHERE {scope} GROUP BY trace_id
 ), error_counts AS (
     -- over the few failed spans only
     SELECT trace_id, count(DISTINCT span_id) AS error_count
@@ -300,12 +302,12 @@ FROM joined
 """
 
 
-TRACES = "CREATE OR REPLACE VIEW traces AS\n" + _TRACES_BODY.format(only="")
+TRACES = "CREATE OR REPLACE VIEW traces AS\n" + _TRACES_BODY.format(scope="TRUE")
 
 FEEDBACK_TRACES = "CREATE OR REPLACE VIEW feedback_traces AS\n" + _TRACES_BODY.format(
     # the rows of traces for the traces with any feedback (a superset of those with negative feedback), so that
     # worst_traces aggregates those traces' spans, not every span
-    only="AND trace_id IN (SELECT trace_id FROM feedback_targets "
+    scope="trace_id IN (SELECT trace_id FROM feedback_targets "
     "UNION ALL SELECT trace_id FROM span_log WHERE feedback_attributes IS NOT NULL)"
 )
 
