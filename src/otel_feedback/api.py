@@ -208,17 +208,18 @@ class Api:
                 raise _Unsupported(f"Content-Type {media or '(none)'!r} is not supported; use {PROTOBUF} or {JSON}")
             raw = await read_body(request, self.settings.max_body_bytes)
             req_cls = ExportTraceServiceRequest if kind == "traces" else ExportLogsServiceRequest
-            if is_json:
-                message = _otlp_json(raw, req_cls(), kind)
-            else:
+
+            def parse(raw: bytes) -> Any:
                 try:
-                    message = req_cls.FromString(raw)
+                    return req_cls.FromString(raw)
                 except DecodeError as exc:
                     raise InvalidRequest(f"the body is not a valid OTLP protobuf {kind} request: {exc}") from None
+
             if kind == "traces":
-                if not message.resource_spans:
-                    return _otlp_response(ExportTraceServiceResponse(), is_json)
-                outcome = await run_in_threadpool(self.ingest.traces, message)
+                if is_json:
+                    outcome = await run_in_threadpool(self.ingest.traces, _otlp_json(raw, req_cls(), kind))
+                else:  # the bytes go to the compiled decoder when it can take them
+                    outcome = await run_in_threadpool(self.ingest.traces_bytes, raw, parse)
                 response: Message = ExportTraceServiceResponse()
                 if outcome.rejected or outcome.message:
                     response = ExportTraceServiceResponse(
@@ -227,6 +228,7 @@ class Api:
                         )
                     )
             else:
+                message = _otlp_json(raw, req_cls(), kind) if is_json else parse(raw)
                 if not message.resource_logs:
                     return _otlp_response(ExportLogsServiceResponse(), is_json)
                 outcome = await run_in_threadpool(self.ingest.logs, message)

@@ -82,6 +82,16 @@ def cli() -> None:
     """Users' feedback and evaluators' scores next to your OpenTelemetry traces, in one DuckDB file."""
 
 
+def _decoder_note(settings: Settings) -> str:
+    from .decode import COMPILED_DECODER
+
+    if not COMPILED_DECODER:
+        return "Python (the compiled decoder was not built: no C compiler at install? about 4x slower)"
+    if not settings.compiled_decoder:
+        return "Python (OTEL_FEEDBACK_COMPILED_DECODER=false)"
+    return "compiled"
+
+
 @cli.command()
 @click.argument("sql")
 @source_options
@@ -274,6 +284,7 @@ def serve(
         f"otel-feedback {__version__} writing {settings.db}\n"
         f"  OTLP/gRPC + FeedbackService  {server.grpc_target}\n"
         f"  OTLP/HTTP, feedback, query   {server.http_url}\n"
+        f"  trace decoder                {_decoder_note(settings)}\n"
         "Ctrl-C to stop.",
     )
     sys.stdout.flush()

@@ -77,6 +77,10 @@ to a temporary directory next to the file. Default ``512MB`` (DuckDB's own defau
 views over 1 M spans run as fast as with 1GB, and the server's peak RSS under sustained ingest halves
 (~615 MB vs ~1 GB)."""
 
+OTEL_FEEDBACK_COMPILED_DECODER = "OTEL_FEEDBACK_COMPILED_DECODER"
+"""``false`` decodes OTLP traces in Python even where the compiled decoder is built (for comparison; it is about
+4x slower). Default ``true``; ``otel-feedback serve`` says at start which decoder it uses."""
+
 DEFAULT_DB = "otel-feedback.duckdb"
 
 
@@ -126,6 +130,7 @@ class Settings:
     query_timeout_ms: int = 30_000
     forward_to: str | None = None
     memory_limit: str = "512MB"
+    compiled_decoder: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod

@@ -24,6 +24,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from .model import LOG_SCHEMA, MODEL_KEYS, OWN_FEEDBACK_KEYS, SPAN_KINDS, SPAN_SCHEMA, STATUS_CODES, FeedbackEvent
 
+try:  # the compiled decoder (setup.py builds it where a C compiler is; the Python one below is the reference)
+    from . import _otlp_fast
+except ImportError:  # pragma: no cover - depends on the build
+    _otlp_fast = None
+
+COMPILED_DECODER = _otlp_fast is not None
+"""Whether the compiled OTLP trace decoder was built and imported."""
+
 ANNOTATION_PREFIXES = ("annotations.", "trace.annotations.", "session.annotations.", "evaluations.")
 """Attribute prefixes that make a span an OpenInference annotation carrier."""
 
@@ -322,6 +330,40 @@ def decode_traces(
 
 
 _ATTRIBUTES_COLUMN = SPAN_SCHEMA.get_field_index("attributes")
+_RECEIVED_TYPE = SPAN_SCHEMA.field("received_at").type
+_COMPILED_FIELDS = list(SPAN_SCHEMA)[:-1]
+
+
+def decode_traces_bytes(
+    raw: bytes,
+    *,
+    max_attribute_bytes: int = 1024 * 1024,
+    feedback_events: Iterable[str] = ("user_feedback", "feedback"),
+    received_at_ns: int | None = None,
+) -> Decoded | None:
+    """An ``ExportTraceServiceRequest``'s protobuf bytes decoded by the compiled decoder, straight into Arrow
+    buffers (no Python object per span or value, and without holding the GIL).
+
+    Returns None when the compiled decoder is not built, or when the request needs the Python decoder: it is
+    not valid protobuf, or has anything to reject, truncate or turn into feedback, or one of the rare shapes
+    listed at the top of ``_otlp_fast.c``. The caller then parses the message and calls :func:`decode_traces`,
+    which gives the same table (tests/test_decode_compiled.py checks that they agree).
+    """
+    if _otlp_fast is None:
+        return None
+    out = _otlp_fast.decode_traces(raw, max_attribute_bytes, tuple(feedback_events))
+    if out is None:
+        return None
+    n, columns = out
+    received = received_at_ns if received_at_ns is not None else time.time_ns()
+    arrays = [
+        pa.Array.from_buffers(
+            f.type, n, [None if valid is None else pa.py_buffer(valid), *map(pa.py_buffer, bufs)], null_count=nulls
+        )
+        for (nulls, valid, *bufs), f in zip(columns, _COMPILED_FIELDS, strict=True)
+    ]
+    arrays.append(pa.array(itertools.repeat(received, n), _RECEIVED_TYPE, size=n))
+    return Decoded(table=pa.Table.from_arrays(arrays, schema=SPAN_SCHEMA))
 
 
 def _span_table(rows: list[tuple[Any, ...]], received: int) -> pa.Table:

@@ -9,7 +9,7 @@ gets a return value may acknowledge; any exception is one of :mod:`otel_feedback
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from . import feedback as fb
 from .config import Settings
-from .decode import Decoded, decode_logs, decode_traces
+from .decode import Decoded, decode_logs, decode_traces, decode_traces_bytes
 from .model import FeedbackRow
 
 _log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class Ingest:
 
     def traces(self, request: ExportTraceServiceRequest) -> Outcome:
         s = self.settings
+        if not request.resource_spans:
+            return Outcome(0, 0, "")
         self._check_room(sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans))
         decoded = decode_traces(request, max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events)
         tables, messages = self._with_feedback(decoded, "span_log")
@@ -87,6 +89,24 @@ class Ingest:
         if self.forward is not None:
             self.forward.traces(request)
         return Outcome(decoded.table.num_rows, decoded.rejected, _join(messages))
+
+    def traces_bytes(self, raw: bytes, parse: Callable[[bytes], ExportTraceServiceRequest]) -> Outcome:
+        """A trace export request as protobuf bytes: decoded by the compiled decoder when it can take the
+        request, else ``parse(raw)`` (which raises the caller's error for bytes that are not a request) and
+        :meth:`traces`. The outcome is the same either way."""
+        s = self.settings
+        decoded = None
+        if s.compiled_decoder and self.forward is None:
+            decoded = decode_traces_bytes(
+                raw, max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events
+            )
+        if decoded is None:
+            return self.traces(parse(raw))
+        rows = decoded.table.num_rows
+        if rows:
+            self._check_room(rows)
+            self.sink.append({"span_log": decoded.table}, timeout=self.commit_timeout)
+        return Outcome(rows, 0, "")
 
     def logs(self, request: ExportLogsServiceRequest) -> Outcome:
         s = self.settings

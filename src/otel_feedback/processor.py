@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from . import feedback as _feedback
 from .config import Settings
-from .decode import decode_traces
+from .decode import decode_traces, decode_traces_bytes
 from .errors import OtelFeedbackError
 from .store import Store, shared_store
 
@@ -94,9 +94,18 @@ class DuckDBSpanExporter(SpanExporter):
             return SpanExportResult.SUCCESS
         try:
             s = self._settings
-            decoded = decode_traces(
-                encode_spans(spans), max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events
-            )
+            request = encode_spans(spans)
+            decoded = None
+            if s.compiled_decoder:  # serializing costs less than decoding the message in Python
+                decoded = decode_traces_bytes(
+                    request.SerializeToString(),
+                    max_attribute_bytes=s.max_attribute_bytes,
+                    feedback_events=s.feedback_events,
+                )
+            if decoded is None:
+                decoded = decode_traces(
+                    request, max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events
+                )
             tables: dict[str, Any] = {"span_log": decoded.table}
             if decoded.feedback:
                 rows, _problems = _feedback.rows_from_events(decoded.feedback, s)

@@ -96,11 +96,11 @@ def _parse(cls: type[Message], raw: bytes) -> Any:
 def otlp_handlers(ingest: Ingest) -> list[grpc.GenericRpcHandler]:
     """gRPC handlers for the OTLP trace and logs services."""
 
+    def parse_traces(raw: bytes) -> ExportTraceServiceRequest:
+        return _parse(ExportTraceServiceRequest, raw)
+
     def export_traces(raw: bytes, context: grpc.ServicerContext) -> Message:
-        request = _parse(ExportTraceServiceRequest, raw)
-        if not request.resource_spans:
-            return ExportTraceServiceResponse()
-        outcome = ingest.traces(request)
+        outcome = ingest.traces_bytes(raw, parse_traces)
         if outcome.rejected or outcome.message:
             return ExportTraceServiceResponse(
                 partial_success=ExportTracePartialSuccess(
