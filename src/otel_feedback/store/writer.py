@@ -32,6 +32,30 @@ _log = logging.getLogger(__name__)
 TABLE_ORDER = ("span_log", "log_records", "feedback_log", "feedback_config")
 """Tables the writer appends to, in the order it writes them within a transaction."""
 
+_TRUSTED_JSON = {
+    "span_log": ("attributes", "resource_attributes", "scope_attributes", "events", "links", "feedback_attributes"),
+    "log_records": ("body", "attributes", "resource_attributes"),
+}
+"""JSON columns written only by our decoders (orjson, or ``_otlp_fast.c``, which tests hold to orjson's output):
+handed to DuckDB as Arrow ``arrow.json`` so that DuckDB does not parse every value again to check it (about
+2 us a span). Feedback's JSON columns, which can carry text a client sent, keep DuckDB's check."""
+
+_JSON_TYPE = pa.json_(pa.string())
+
+
+def _for_duckdb(name: str, table: pa.Table) -> pa.Table:
+    """One chunk per column where it fits (DuckDB scans one long Arrow array faster than many request-sized
+    ones: about 1.5 us a span), with trusted JSON columns typed as JSON."""
+    if table.nbytes < 1 << 30:  # string offsets are 32-bit: one chunk holds at most 2 GiB
+        table = table.combine_chunks()
+    for column in _TRUSTED_JSON.get(name, ()):
+        i = table.schema.get_field_index(column)
+        if i >= 0 and table.schema.field(i).type == pa.string():
+            chunks = [pa.ExtensionArray.from_storage(_JSON_TYPE, c) for c in table.column(i).chunks]
+            table = table.set_column(i, column, pa.chunked_array(chunks, _JSON_TYPE))
+    return table
+
+
 _PERMANENT = (
     duckdb.ConstraintException,
     duckdb.ConversionException,
@@ -249,7 +273,7 @@ class Writer:
                 parts = [j.tables[name] for j in jobs if j.tables and name in j.tables]
                 if not parts:
                     continue
-                table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+                table = _for_duckdb(name, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
                 if name == "feedback_log":
                     n = table.num_rows
                     table = table.append_column("seq", pa.array(range(next_seq, next_seq + n), pa.int64()))
