@@ -238,6 +238,13 @@ class Server:
                 pass
             ok = self.stop()
             announce("otel-feedback: stopped" + ("" if ok else " (the writer did not finish in time)"))
+            writer = self.store.writer if self.store is not None else None
+            if writer is not None and writer.stats.commits:
+                st = writer.stats
+                announce(
+                    f"otel-feedback: wrote {st.rows:,} rows in {st.commits:,} commits "
+                    f"({st.rows / st.commits:,.0f} rows per commit, {st.commit_seconds:,.1f} s committing)"
+                )
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
