@@ -344,3 +344,30 @@ def test_random_bytes(raw: bytes) -> None:
     if out is not None:  # then protobuf must read it too, to the same number of spans
         request = ExportTraceServiceRequest.FromString(raw)
         assert_same(decode_traces(request, received_at_ns=T).table, decode_traces_bytes(raw, received_at_ns=T).table)
+
+
+def test_what_the_writer_stores_unchecked_is_valid_json(tmp_path: Path) -> None:
+    """The writer hands decoder-made JSON to DuckDB as ``arrow.json`` (DuckDB does not re-check it): DuckDB
+    must read every value back as valid JSON, typed JSON, with the values sent."""
+    from otel_feedback.store import Store
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = 'svc "q"'
+    tricky = {"ctl": "a\x00b\x1fc\n", "quote": 'he said "hi" \\ /', "uni": "é中😀\u2028", "num": 1e-7, "big": 2**63 - 1}
+    rs.scope_spans.add().spans.extend([_plain_span(i, **tricky) for i in range(50)])
+    decoded = decode_traces_bytes(request.SerializeToString())
+    assert decoded is not None
+    with Store(tmp_path / "j.duckdb") as store:
+        store.append({"span_log": decoded.table})
+        con = store.cursor()
+        try:
+            row = con.execute(
+                "SELECT bool_and(json_valid(attributes)), bool_and(json_valid(resource_attributes)), "
+                "any_value(typeof(attributes)), any_value(attributes->>'ctl'), any_value(attributes->>'quote'), "
+                "any_value(attributes->>'uni'), any_value((attributes->'num')::DOUBLE), "
+                "any_value((attributes->'big')::BIGINT), any_value(resource_attributes->>'service.name') FROM span_log"
+            ).fetchone()
+        finally:
+            con.close()
+    assert row == (True, True, "JSON", *(tricky[k] for k in ("ctl", "quote", "uni", "num", "big")), 'svc "q"')
