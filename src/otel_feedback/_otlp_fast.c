@@ -67,7 +67,7 @@ typedef struct {
 
 enum {
     S_SESSION, S_REQUEST, S_MODEL1, S_MODEL2, S_MODEL3, S_INPUT, S_OUTPUT,
-    S_FB0, S_FB1, S_FB2, S_FB3, S_FB4, S_FB5, NSPECIAL
+    S_FB0, S_FB1, S_FB2, S_FB3, S_FB4, S_FB5, S_SERVICE, NSPECIAL
 };
 static const char *SPECIAL_KEYS[NSPECIAL] = {
     "session.id", "client_request_id", "gen_ai.request.model", "llm.model_name", "gen_ai.response.model",
@@ -75,6 +75,7 @@ static const char *SPECIAL_KEYS[NSPECIAL] = {
     /* model.OWN_FEEDBACK_KEYS, in order */
     "user_feedback", "user_feedback_rating", "user_feedback_category", "user_feedback_comment",
     "user_feedback_timestamp", "annotation_status",
+    "service.name", /* read from the resource's attributes */
 };
 static size_t SPECIAL_LENS[NSPECIAL];
 
@@ -459,7 +460,7 @@ static void put_base64(Ctx *c, Buf *b, const uint8_t *s, size_t n) {
 
 /* ---------------------------------------------------------------- attribute values */
 
-static void put_kvs(Ctx *c, Buf *b, Rd r, uint32_t field, int depth, Special *sp);
+static void put_kvs(Ctx *c, Buf *b, Rd r, uint32_t field, int depth, Special *sp, int carriers);
 
 /* One AnyValue as JSON (decode._value); fills *sp (raw value) when sp is not NULL. */
 static void put_any(Ctx *c, Buf *b, Rd v, int depth, Special *sp) {
@@ -546,7 +547,7 @@ static void put_any(Ctx *c, Buf *b, Rd v, int depth, Special *sp) {
             break;
         }
         case 6: /* KeyValueList: repeated KeyValue values = 1 */
-            put_kvs(c, b, payload, 1, depth + 1, NULL);
+            put_kvs(c, b, payload, 1, depth + 1, NULL, 0);
             break;
         case 7: {
             size_t n = (size_t)(payload.end - payload.p);
@@ -562,9 +563,9 @@ static int starts_with(const uint8_t *s, size_t n, const char *prefix) {
     return n >= k && memcmp(s, prefix, k) == 0;
 }
 
-/* The KeyValues in field ``field`` of message r, as a JSON object (decode._attributes). With sp (a span's
- * own attributes), records the special keys and declines on annotation carriers. */
-static void put_kvs(Ctx *c, Buf *b, Rd r, uint32_t field, int depth, Special *sp) {
+/* The KeyValues in field ``field`` of message r, as a JSON object (decode._attributes). With sp, records the
+ * values of SPECIAL_KEYS there; with carriers (a span's own attributes), declines on annotation carriers. */
+static void put_kvs(Ctx *c, Buf *b, Rd r, uint32_t field, int depth, Special *sp, int carriers) {
     if (depth > MAX_DEPTH) decline(c);
     const uint8_t *keys[MAX_KEYS];
     size_t lens[MAX_KEYS];
@@ -608,9 +609,9 @@ static void put_kvs(Ctx *c, Buf *b, Rd r, uint32_t field, int depth, Special *sp
             put(c, b, "\"\"", 2);
         putch(c, b, ':');
         Special *slot = NULL;
+        for (int i = 0; carriers && i < 4; i++)
+            if (starts_with(key.p, klen, CARRIER_PREFIXES[i])) decline(c);
         if (sp) {
-            for (int i = 0; i < 4; i++)
-                if (starts_with(key.p, klen, CARRIER_PREFIXES[i])) decline(c);
             for (int i = 0; i < NSPECIAL; i++)
                 if (klen == SPECIAL_LENS[i] && memcmp(key.p, SPECIAL_KEYS[i], klen) == 0) {
                     slot = &sp[i];
@@ -634,17 +635,31 @@ static void put_kvs(Ctx *c, Buf *b, Rd r, uint32_t field, int depth, Special *sp
 
 /* str(value) of a derived column's source, appended to column k (NULL for an absent or null value) */
 static void special_col(Ctx *c, int k, const Special *s) {
-    char t[24];
     switch (s->type) {
         case V_NONE: case V_NULL: str_null(c, k); return;
         case V_STR: str_val(c, k, s->s, s->slen); return;
         case V_BOOL: str_val(c, k, s->i ? "True" : "False", s->i ? 4 : 5); return;
-        case V_INT: {
-            int n = snprintf(t, sizeof t, "%lld", (long long)s->i);
-            str_val(c, k, t, (size_t)n);
+        case V_INT:
+            put_i64(c, &c->cols[k].data, s->i);
+            str_end(c, &c->cols[k], 1);
             return;
-        }
         default: decline(c); /* str() of a float, list or dict: Python's text */
+    }
+}
+/* a string field as a column value; NULL when empty or absent (decode: ``x or None``) */
+static void opt_str(Ctx *c, int k, Rd s) {
+    if (s.p && s.end > s.p)
+        str_val(c, k, s.p, (size_t)(s.end - s.p));
+    else
+        str_null(c, k);
+}
+/* an enum's name, or its number when it has none (decode: ``names[v] if 0 <= v < n else str(v)``) */
+static void enum_col(Ctx *c, int k, const char *const *names, int n, int32_t v) {
+    if (v >= 0 && v < n) {
+        str_val(c, k, names[v], strlen(names[v]));
+    } else {
+        put_i64(c, &c->cols[k].data, v);
+        str_end(c, &c->cols[k], 1);
     }
 }
 static int truthy(Ctx *c, const Special *s) {
@@ -694,7 +709,7 @@ static void put_event(Ctx *c, Buf *b, Rd e) {
     puts_(c, b, ",\"time_unix_nano\":");
     put_u64(c, b, time);
     puts_(c, b, ",\"attributes\":");
-    put_kvs(c, b, e, 3, 0, NULL);
+    put_kvs(c, b, e, 3, 0, NULL, 0);
     if (dropped) {
         puts_(c, b, ",\"dropped_attributes_count\":");
         put_u64(c, b, dropped);
@@ -722,7 +737,7 @@ static void put_link(Ctx *c, Buf *b, Rd l) {
     puts_(c, b, "\",\"span_id\":\"");
     if (sid.p) put_hex(c, b, sid.p, (size_t)(sid.end - sid.p));
     puts_(c, b, "\",\"attributes\":");
-    put_kvs(c, b, l, 4, 0, NULL);
+    put_kvs(c, b, l, 4, 0, NULL, 0);
     if (state.p && state.end > state.p) {
         puts_(c, b, ",\"trace_state\":");
         put_pb_str(c, b, state);
@@ -741,9 +756,8 @@ static void put_link(Ctx *c, Buf *b, Rd l) {
 /* ---------------------------------------------------------------- spans */
 
 typedef struct {
-    size_t res_off, res_len;
-    const uint8_t *service;
-    size_t service_len;
+    size_t res_len; /* the resource's JSON: the start of c->tmp */
+    Special service;
     Rd scope_name, scope_version;
     int has_scope_attrs;
     size_t sattr_off, sattr_len;
@@ -817,15 +831,14 @@ static void span(Ctx *c, Rd r, const Context *x) {
     if (!valid_id(tid, 16) || !valid_id(sid, 8) || (plen && !valid_id(parent, 8))) decline(c); /* rejected */
     if (start > INT64_MAX || end > INT64_MAX) decline(c);
 
-    put_kvs(c, &attrs->data, whole, 9, 0, sp);
+    put_kvs(c, &attrs->data, whole, 9, 0, sp, 1);
     str_end(c, attrs, 1);
     if (n_events) putch(c, &events->data, ']');
     str_end(c, events, n_events > 0);
     if (n_links) putch(c, &links->data, ']');
     str_end(c, links, n_links > 0);
 
-    Buf *b = &c->cols[C_TRACE_ID].data;
-    put_hex(c, b, tid.p, 16);
+    put_hex(c, &c->cols[C_TRACE_ID].data, tid.p, 16);
     str_end(c, &c->cols[C_TRACE_ID], 1);
     put_hex(c, &c->cols[C_SPAN_ID].data, sid.p, 8);
     str_end(c, &c->cols[C_SPAN_ID], 1);
@@ -835,43 +848,24 @@ static void span(Ctx *c, Rd r, const Context *x) {
     } else {
         str_null(c, C_PARENT);
     }
-    if (state.p && state.end > state.p)
-        str_val(c, C_TRACE_STATE, state.p, (size_t)(state.end - state.p));
-    else
-        str_null(c, C_TRACE_STATE);
+    opt_str(c, C_TRACE_STATE, state);
     i64_val(c, C_FLAGS, flags, flags != 0);
     str_val(c, C_NAME, name.p, name.p ? (size_t)(name.end - name.p) : 0);
-    char t[16];
-    if (kind >= 0 && kind < 6)
-        str_val(c, C_KIND, KINDS[kind], strlen(KINDS[kind]));
-    else
-        str_val(c, C_KIND, t, (size_t)snprintf(t, sizeof t, "%d", kind));
+    enum_col(c, C_KIND, KINDS, 6, kind);
     i64_val(c, C_START, (int64_t)start, 1);
     i64_val(c, C_END, (int64_t)end, 1);
     f64_val(c, C_DURATION, (double)((int64_t)end - (int64_t)start) / 1e6); /* Python: (end - start) / 1e6 */
-    if (code >= 0 && code < 3)
-        str_val(c, C_STATUS_CODE, CODES[code], strlen(CODES[code]));
-    else
-        str_val(c, C_STATUS_CODE, t, (size_t)snprintf(t, sizeof t, "%d", code));
-    if (msg.p && msg.end > msg.p)
-        str_val(c, C_STATUS_MESSAGE, msg.p, (size_t)(msg.end - msg.p));
-    else
-        str_null(c, C_STATUS_MESSAGE);
-    if (x->service)
-        str_val(c, C_SERVICE, x->service, x->service_len);
+    enum_col(c, C_STATUS_CODE, CODES, 3, code);
+    opt_str(c, C_STATUS_MESSAGE, msg);
+    if (x->service.type == V_STR) /* decode: service.name only when it is a string */
+        str_val(c, C_SERVICE, x->service.s, x->service.slen);
     else
         str_null(c, C_SERVICE);
-    if (x->scope_name.p && x->scope_name.end > x->scope_name.p)
-        str_val(c, C_SCOPE_NAME, x->scope_name.p, (size_t)(x->scope_name.end - x->scope_name.p));
-    else
-        str_null(c, C_SCOPE_NAME);
-    if (x->scope_version.p && x->scope_version.end > x->scope_version.p)
-        str_val(c, C_SCOPE_VERSION, x->scope_version.p, (size_t)(x->scope_version.end - x->scope_version.p));
-    else
-        str_null(c, C_SCOPE_VERSION);
+    opt_str(c, C_SCOPE_NAME, x->scope_name);
+    opt_str(c, C_SCOPE_VERSION, x->scope_version);
     special_col(c, C_SESSION, &sp[S_SESSION]);
     special_col(c, C_REQUEST_ID, &sp[S_REQUEST]);
-    str_val(c, C_RESOURCE, c->tmp.p + x->res_off, x->res_len);
+    str_val(c, C_RESOURCE, c->tmp.p, x->res_len);
     if (x->has_scope_attrs)
         str_val(c, C_SCOPE_ATTRS, c->tmp.p + x->sattr_off, x->sattr_len);
     else
@@ -964,7 +958,7 @@ static void scope_spans(Ctx *c, Rd r, Context *x) {
         }
         if (x->has_scope_attrs) {
             x->sattr_off = c->tmp.n;
-            put_kvs(c, &c->tmp, scope, 3, 0, NULL);
+            put_kvs(c, &c->tmp, scope, 3, 0, NULL, 0);
             x->sattr_len = c->tmp.n - x->sattr_off;
         }
     }
@@ -985,43 +979,11 @@ static void resource_spans(Ctx *c, Rd r) {
     memset(&x, 0, sizeof x);
     Rd res = only(c, r, 1, &found);
     c->tmp.n = 0;
-    /* resource JSON, and service.name when it is a string */
-    put_kvs(c, &c->tmp, found ? res : (Rd){0, 0}, 1, 0, NULL);
-    x.res_off = 0;
+    Special sp[NSPECIAL];
+    memset(sp, 0, sizeof sp);
+    put_kvs(c, &c->tmp, res, 1, 0, sp, 0); /* its JSON, and service.name (res is empty when absent) */
     x.res_len = c->tmp.n;
-    if (found) {
-        Rd a = res;
-        while (a.p < a.end) {
-            uint32_t f = tag(c, &a, &wt);
-            if (f != 1) {
-                skip(c, &a, wt);
-                continue;
-            }
-            Rd kv = delimited(c, &a), key = {0, 0}, val = {0, 0};
-            while (kv.p < kv.end) {
-                uint32_t g = tag(c, &kv, &wt);
-                if (g == 1 && wt == 2)
-                    key = delimited(c, &kv);
-                else if (g == 2 && wt == 2)
-                    val = delimited(c, &kv);
-                else
-                    skip(c, &kv, wt);
-            }
-            if (key.p && key.end - key.p == 12 && memcmp(key.p, "service.name", 12) == 0) {
-                x.service = NULL;
-                while (val.p && val.p < val.end) { /* AnyValue string_value = 1 (single oneof, checked above) */
-                    uint32_t g = tag(c, &val, &wt);
-                    if (g == 1 && wt == 2) {
-                        Rd s = delimited(c, &val);
-                        x.service = s.p ? s.p : (const uint8_t *)"";
-                        x.service_len = (size_t)(s.end - s.p);
-                    } else {
-                        skip(c, &val, wt);
-                    }
-                }
-            }
-        }
-    }
+    x.service = sp[S_SERVICE];
     while (r.p < r.end) {
         uint32_t f = tag(c, &r, &wt);
         if (f == 2) {

@@ -46,16 +46,20 @@ class Forwarder:
         self._thread.start()
 
     def traces(self, request: Message) -> None:
-        self._put("traces", request)
+        self._put("traces", request.SerializeToString())
+
+    def traces_bytes(self, raw: bytes) -> None:
+        """A trace export request as the protobuf bytes it arrived in (sent on unchanged)."""
+        self._put("traces", raw)
 
     def logs(self, request: Message) -> None:
-        self._put("logs", request)
+        self._put("logs", request.SerializeToString())
 
-    def _put(self, kind: str, request: Message) -> None:
+    def _put(self, kind: str, data: bytes) -> None:
         if self._closed:
             return
         try:
-            self._queue.put_nowait((kind, request.SerializeToString()))
+            self._queue.put_nowait((kind, data))
         except queue.Full:
             self.dropped += 1
 

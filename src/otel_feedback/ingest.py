@@ -33,6 +33,7 @@ class Sink(Protocol):
 
 class Forward(Protocol):
     def traces(self, request: ExportTraceServiceRequest) -> None: ...
+    def traces_bytes(self, raw: bytes) -> None: ...
     def logs(self, request: ExportLogsServiceRequest) -> None: ...
 
 
@@ -60,8 +61,13 @@ class Ingest:
         self.limits = fb.Limits(settings.max_comment_bytes, settings.max_patch_keys)
         self.forward = forward
         self.commit_timeout = commit_timeout
+        self._decode = {
+            "max_attribute_bytes": settings.max_attribute_bytes,
+            "feedback_events": settings.feedback_events,
+        }
 
-    def _with_feedback(self, decoded: Decoded, main_table: str) -> tuple[dict[str, pa.Table], list[str]]:
+    def _append(self, main_table: str, decoded: Decoded) -> Outcome:
+        """Append decoded telemetry and the feedback pulled out of it; returns once they are committed."""
         tables = {main_table: decoded.table}
         messages = list(decoded.messages)
         if decoded.feedback:
@@ -69,54 +75,45 @@ class Ingest:
             messages.extend(problems)
             if rows:
                 tables["feedback_log"] = fb.to_table(rows)
-        return tables, messages
+        self.sink.append(tables, timeout=self.commit_timeout)
+        return Outcome(decoded.table.num_rows, decoded.rejected, _join(messages))
 
     def _check_room(self, rows: int) -> None:
-        """Refuse (retryable) before decoding when the writer's queue is already full: under a flood, a
-        refused request then costs a protobuf parse, not a decode into columns (CPU and memory)."""
+        """Refuse (retryable) when the writer's queue is already full. The Python decoders check before
+        decoding, so that under a flood a refused request costs a protobuf parse, not a decode into columns;
+        the compiled decoder is cheap enough to check after."""
         check = getattr(self.sink, "check_room", None)
         if check is not None and rows:
             check(rows)
 
     def traces(self, request: ExportTraceServiceRequest) -> Outcome:
-        s = self.settings
         if not request.resource_spans:
             return Outcome(0, 0, "")
         self._check_room(sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans))
-        decoded = decode_traces(request, max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events)
-        tables, messages = self._with_feedback(decoded, "span_log")
-        self.sink.append(tables, timeout=self.commit_timeout)
+        outcome = self._append("span_log", decode_traces(request, **self._decode))
         if self.forward is not None:
             self.forward.traces(request)
-        return Outcome(decoded.table.num_rows, decoded.rejected, _join(messages))
+        return outcome
 
     def traces_bytes(self, raw: bytes, parse: Callable[[bytes], ExportTraceServiceRequest]) -> Outcome:
         """A trace export request as protobuf bytes: decoded by the compiled decoder when it can take the
         request, else ``parse(raw)`` (which raises the caller's error for bytes that are not a request) and
         :meth:`traces`. The outcome is the same either way."""
-        s = self.settings
-        decoded = None
-        if s.compiled_decoder and self.forward is None:
-            decoded = decode_traces_bytes(
-                raw, max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events
-            )
+        decoded = decode_traces_bytes(raw, **self._decode) if self.settings.compiled_decoder else None
         if decoded is None:
             return self.traces(parse(raw))
-        rows = decoded.table.num_rows
-        if rows:
-            self._check_room(rows)
-            self.sink.append({"span_log": decoded.table}, timeout=self.commit_timeout)
-        return Outcome(rows, 0, "")
+        self._check_room(decoded.table.num_rows)
+        outcome = self._append("span_log", decoded)
+        if self.forward is not None:
+            self.forward.traces_bytes(raw)
+        return outcome
 
     def logs(self, request: ExportLogsServiceRequest) -> Outcome:
-        s = self.settings
         self._check_room(sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs))
-        decoded = decode_logs(request, max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events)
-        tables, messages = self._with_feedback(decoded, "log_records")
-        self.sink.append(tables, timeout=self.commit_timeout)
+        outcome = self._append("log_records", decode_logs(request, **self._decode))
         if self.forward is not None:
             self.forward.logs(request)
-        return Outcome(decoded.table.num_rows, decoded.rejected, _join(messages))
+        return outcome
 
     def feedback(self, rows: Sequence[FeedbackRow]) -> int:
         """Append validated feedback rows; returns once they are committed."""

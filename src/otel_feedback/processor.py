@@ -94,18 +94,12 @@ class DuckDBSpanExporter(SpanExporter):
             return SpanExportResult.SUCCESS
         try:
             s = self._settings
+            options = {"max_attribute_bytes": s.max_attribute_bytes, "feedback_events": s.feedback_events}
             request = encode_spans(spans)
-            decoded = None
-            if s.compiled_decoder:  # serializing costs less than decoding the message in Python
-                decoded = decode_traces_bytes(
-                    request.SerializeToString(),
-                    max_attribute_bytes=s.max_attribute_bytes,
-                    feedback_events=s.feedback_events,
-                )
+            # serializing the message and decoding the bytes in C costs less than decoding the message in Python
+            decoded = decode_traces_bytes(request.SerializeToString(), **options) if s.compiled_decoder else None
             if decoded is None:
-                decoded = decode_traces(
-                    request, max_attribute_bytes=s.max_attribute_bytes, feedback_events=s.feedback_events
-                )
+                decoded = decode_traces(request, **options)
             tables: dict[str, Any] = {"span_log": decoded.table}
             if decoded.feedback:
                 rows, _problems = _feedback.rows_from_events(decoded.feedback, s)
