@@ -81,6 +81,13 @@ OTEL_FEEDBACK_COMPILED_DECODER = "OTEL_FEEDBACK_COMPILED_DECODER"
 """``false`` decodes OTLP traces in Python even where the compiled decoder is built (for comparison: decoding is
 about 4x slower, server ingest about half as fast). Default ``true``; ``otel-feedback serve`` says at start which decoder it uses."""
 
+OTEL_FEEDBACK_JOURNAL = "OTEL_FEEDBACK_JOURNAL"
+"""``true`` (default): a write is acknowledged once it is in the journal beside the file (``<db>.journal``,
+appended and ``fdatasync``ed), and applied to DuckDB in large transactions right after; queries wait for what
+was acknowledged before them, and the next open applies whatever a crash left in the journal. ``false``:
+acknowledged only after its own DuckDB commit (PATCH p50 ~10 ms instead of ~2 ms, ingest commits only as large
+as the clients' concurrency)."""
+
 DEFAULT_DB = "otel-feedback.duckdb"
 
 
@@ -131,6 +138,7 @@ class Settings:
     forward_to: str | None = None
     memory_limit: str = "512MB"
     compiled_decoder: bool = True
+    journal: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod

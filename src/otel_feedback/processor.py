@@ -82,7 +82,7 @@ class DuckDBSpanExporter(SpanExporter):
         with self._lock:
             if self._store is None or self._store.closed:
                 s = self._settings
-                self._store = shared_store(s.db, queue_rows=s.queue_rows, commit_rows=s.commit_rows)
+                self._store = shared_store(s.db, queue_rows=s.queue_rows, commit_rows=s.commit_rows, journal=s.journal)
             return self._store
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -194,7 +194,9 @@ def record_feedback(
         config=_feedback.FeedbackConfig(strict=settings.strict),
         where="record_feedback",
     )
-    store = shared_store(settings.db, queue_rows=settings.queue_rows, commit_rows=settings.commit_rows)
+    store = shared_store(
+        settings.db, queue_rows=settings.queue_rows, commit_rows=settings.commit_rows, journal=settings.journal
+    )
     future = store.submit({"feedback_log": _feedback.to_table([row])})
     if wait:
         future.result(60)

@@ -130,6 +130,7 @@ class Server:
                 commit_rows=s.commit_rows,
                 lockdown=True,
                 memory_limit=s.memory_limit,
+                journal=s.journal,
                 # fewer, larger checkpoints: less writer CPU per span under sustained ingest (the WAL replayed
                 # after a crash grows accordingly)
                 checkpoint_threshold="256MB",
@@ -241,9 +242,14 @@ class Server:
             writer = self.store.writer if self.store is not None else None
             if writer is not None and writer.stats.commits:
                 st = writer.stats
+                journal = (
+                    f"; journal: {st.journal_writes:,} appends, {st.journal_seconds:,.1f} s writing and syncing"
+                    if st.journal_writes
+                    else ""
+                )
                 announce(
                     f"otel-feedback: wrote {st.rows:,} rows in {st.commits:,} commits "
-                    f"({st.rows / st.commits:,.0f} rows per commit, {st.commit_seconds:,.1f} s committing)"
+                    f"({st.rows / st.commits:,.0f} rows per commit, {st.commit_seconds:,.1f} s committing){journal}"
                 )
         finally:
             for sig, handler in old.items():

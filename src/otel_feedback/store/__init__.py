@@ -22,9 +22,10 @@ import pyarrow as pa
 
 from ..errors import DatabaseLocked, QueryError, SchemaError, StoreUnavailable
 from . import query as _query
+from .journal import Journal, journal_dir
 from .schema import SCHEMA_VERSION, check_version, file_version, migrate
 from .views import VIEWS
-from .writer import TABLE_ORDER, Writer, WriterStats
+from .writer import TABLE_ORDER, Writer, WriterStats, replay
 
 __all__ = ["SCHEMA_VERSION", "TABLE_ORDER", "Store", "WriterStats", "shared_store"]
 
@@ -73,6 +74,49 @@ def _open(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
             raise SchemaError(f"cannot open {path}: {again}") from None
 
 
+_LIVE_WRITERS: dict[str, Writer] = {}
+"""The writer of each file this process holds read-write, by resolved path: a read-only Store of the same file
+(which shares the open database) waits for it too, to see what it acknowledged."""
+
+
+def _key(path: str) -> str:
+    return str(Path(path).resolve()) if path != ":memory:" else path
+
+
+def _unapplied(con: duckdb.DuckDBPyConnection, path: str) -> bool:
+    """Whether the journal beside ``path`` has records the file does not."""
+    wal = Journal(journal_dir(path))
+    if not wal.files():
+        return False
+    try:
+        row = con.execute("SELECT applied_lsn FROM _journal").fetchone()
+    except duckdb.Error:
+        return False
+    applied = int(row[0]) if row else 0
+    return any(lsn > applied for lsn, _ in wal.records(repair=False))
+
+
+def _recover(con: duckdb.DuckDBPyConnection, path: str) -> duckdb.DuckDBPyConnection:
+    """A read-only open found acknowledged writes that only the journal holds (the writing process died): no
+    other process holds the file (else this open would have failed), so apply them with a brief read-write
+    open, and reopen read-only. If the file cannot be written here, warn and show what it has."""
+    con.close()
+    try:
+        Store(path).close()
+        _log.warning(
+            "otel-feedback: applied the writes %s held for %s (its writer had stopped)", journal_dir(path), path
+        )
+    except Exception as exc:  # a read-only file system, or someone took the file meanwhile
+        _log.warning(
+            "otel-feedback: %s holds writes not yet in %s, and they could not be applied now (%s); they are "
+            "applied the next time the file is opened for writing (otel-feedback serve)",
+            journal_dir(path),
+            path,
+            exc,
+        )
+    return _open(path, True)
+
+
 class Store:
     """An open otel-feedback database file."""
 
@@ -86,12 +130,14 @@ class Store:
         lockdown: bool = False,
         memory_limit: str | None = None,
         checkpoint_threshold: str | None = None,
+        journal: bool = True,
     ) -> None:
         """``lockdown`` (for a server answering others' SQL) turns off all file and network access
         from SQL and locks the configuration, for this process's whole database instance.
         ``memory_limit`` and ``checkpoint_threshold`` are DuckDB's settings of those names (sizes such as
         ``512MB``, validated by the caller), applied before the migrations so that one which rebuilds a large
-        table stays within the limit."""
+        table stays within the limit. ``journal`` (file databases only) acknowledges writes once they are in the
+        journal (``<path>.journal``) instead of after their DuckDB commit; see :mod:`.journal`."""
         from .._version import __version__
 
         self.path = str(path)
@@ -105,6 +151,8 @@ class Store:
                 if version == 0:
                     raise SchemaError(f"{self.path} is not an otel-feedback database (no _migrations table)")
                 check_version(version, self.path)
+                if _key(self.path) not in _LIVE_WRITERS and _unapplied(self._con, self.path):
+                    self._con = _recover(self._con, self.path)
                 self.writer: Writer | None = None
             else:
                 for setting, value in (("memory_limit", memory_limit), ("checkpoint_threshold", checkpoint_threshold)):
@@ -116,7 +164,32 @@ class Store:
                 if lockdown:
                     self._con.execute("SET enable_external_access = false")
                     self._con.execute("SET lock_configuration = true")
-                self.writer = Writer(self._con, queue_rows=queue_rows, commit_rows=commit_rows)
+                wal = None
+                # A second read-write Store of a file this process already writes shares its database but not its
+                # journal (two would replay and delete each other's records): it acknowledges after commit.
+                if journal and self.path != ":memory:" and _key(self.path) not in _LIVE_WRITERS:
+                    wal = Journal(journal_dir(self.path))
+                    records, rows = replay(self._con, wal)
+                    if records:
+                        _log.warning(
+                            "otel-feedback: applied %d journal records (%d rows) that %s did not have yet "
+                            "(the last process stopped without finishing its writes)",
+                            records,
+                            rows,
+                            self.path,
+                        )
+                elif (
+                    self.path != ":memory:"
+                    and _key(self.path) not in _LIVE_WRITERS
+                    and _unapplied(self._con, self.path)
+                ):
+                    raise SchemaError(
+                        f"{journal_dir(self.path)} holds writes that are not in {self.path} yet; open it once "
+                        "with the journal on (OTEL_FEEDBACK_JOURNAL=true) to apply them"
+                    )
+                self.writer = Writer(self._con, queue_rows=queue_rows, commit_rows=commit_rows, journal=wal)
+                if wal is not None:
+                    _LIVE_WRITERS[_key(self.path)] = self.writer
         except BaseException:
             self._con.close()
             raise
@@ -155,7 +228,11 @@ class Store:
     # -- reading -------------------------------------------------------------------------------
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A connection of its own for reading on the calling thread (close it when done)."""
+        """A connection of its own for reading on the calling thread (close it when done). It sees every write
+        acknowledged before the call: with the journal, this waits until DuckDB has them (a commit's time)."""
+        writer = self.writer or _LIVE_WRITERS.get(_key(self.path))
+        if writer is not None and not writer.wait_applied():
+            _log.warning("otel-feedback: the writer is behind by more than 10 s; this query may miss recent writes")
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is closed")
@@ -214,6 +291,8 @@ class Store:
         done = True
         if self.writer is not None:
             done = self.writer.close(timeout_millis)
+            if _LIVE_WRITERS.get(_key(self.path)) is self.writer:
+                del _LIVE_WRITERS[_key(self.path)]
             if not done:
                 _log.error("otel-feedback: the writer did not finish within %s ms; not closing", timeout_millis)
                 return False

@@ -188,6 +188,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE log_records_0004 RENAME TO log_records;
         """,
     ),
+    Migration(
+        # The last journal record (store/journal.py) whose rows are in the database, updated in the same
+        # transaction as those rows; records after it are applied again at the next read-write open.
+        "0005_journal",
+        """
+        CREATE TABLE _journal (applied_lsn BIGINT NOT NULL);
+        INSERT INTO _journal VALUES (0);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

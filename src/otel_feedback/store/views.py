@@ -22,11 +22,14 @@ ANTI JOIN feedback_log e ON e.feedback_id = f.feedback_id AND e.seq < f.seq
 SPAN_ROWS = """
 CREATE OR REPLACE VIEW span_rows AS
 -- the first copy of each span (a client's retry can store one twice): no earlier copy exists. Unlike a
--- grouping, this lets a filter on trace_id reach the copies kept, so looking up one trace reads that trace's
--- rows (and only the ids of the others, for the anti-join).
+-- grouping, this lets a filter on trace_id reach the copies kept. Written as a left join kept where nothing
+-- matched (DuckDB plans it as an anti-join) because then DuckDB also carries the filter across the join
+-- condition to the earlier copies it looks for, so looking up one trace reads that trace's rows alone; a plain
+-- ANTI JOIN scans every span's ids (40-60 ms at 2 M spans instead of 2-4 ms) and is slower for a full scan too.
 SELECT s.* FROM span_log s
-ANTI JOIN span_log e ON e.trace_id = s.trace_id AND e.span_id = s.span_id
+LEFT JOIN span_log e ON e.trace_id = s.trace_id AND e.span_id = s.span_id
     AND (e.received_at < s.received_at OR (e.received_at = s.received_at AND e.rowid < s.rowid))
+WHERE e.trace_id IS NULL  -- a matched copy has a trace_id (the join compared it), so NULL means none matched
 """
 
 FEEDBACK_TARGETS = """

@@ -1,14 +1,24 @@
 """The single write path: one thread owns the read-write DuckDB connection; everyone else enqueues.
 
 Callers hand :meth:`Writer.submit` a mapping of table name -> Arrow table and get a
-:class:`concurrent.futures.Future` that completes once those rows are committed (durable: a
-committed DuckDB transaction is in the WAL and survives ``kill -9``). The worker takes as many
-queued jobs as fit in ``commit_rows`` and appends them all in one transaction (group commit), so
-the cost of a commit is shared by every request that arrived while the previous one ran.
+:class:`concurrent.futures.Future` that completes once those rows are durable:
 
-The queue is bounded in rows: when it is full, ``submit`` raises :class:`QueueFull` at once
-(retryable), so memory stays bounded and clients back off. If a group fails, each job in it is
-retried alone so one bad request cannot fail its neighbours.
+- with a :class:`~.journal.Journal` (every file database, by default), once the journal thread has appended
+  the job to the journal and ``fdatasync``ed it, together with every other job that arrived meanwhile. The
+  DuckDB thread then applies journaled jobs in order, as many as fit in ``commit_rows`` per transaction, and
+  records the last applied journal LSN in the same transaction. Queries wait for what was acknowledged before
+  them (:meth:`Writer.wait_applied`), so an acknowledged write is always visible to the next query.
+- without one (``:memory:``, or ``OTEL_FEEDBACK_JOURNAL=false``), once the DuckDB transaction holding them has
+  committed (a committed DuckDB transaction is in its WAL and survives ``kill -9``).
+
+Either way the jobs are group-committed: the cost of a commit is shared by every job that arrived while the
+previous one ran. Rows are checked against the tables' columns and NOT NULL constraints before they are
+accepted, so bad rows are refused with a clear :class:`InvalidRequest` and never reach the journal.
+
+The queue is bounded in rows: when it is full, ``submit`` raises :class:`QueueFull` at once (retryable), so
+memory stays bounded and clients back off; and the journal thread stops acknowledging while DuckDB is more than
+``lag_rows`` behind, so acknowledged-but-not-applied rows (memory, and how long a query may wait) stay bounded
+too. If a group fails in DuckDB, each job in it is retried alone so one bad request cannot fail its neighbours.
 """
 
 from __future__ import annotations
@@ -20,12 +30,14 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from ..errors import InvalidRequest, QueueFull, StoreUnavailable, WriteFailed
+from .journal import Journal, decode, encode
 
 _log = logging.getLogger(__name__)
 
@@ -84,10 +96,12 @@ class WriterStats:
     failed_jobs: int = 0
     rejected_full: int = 0
     commit_seconds: float = 0.0
+    journal_writes: int = 0
+    journal_seconds: float = 0.0
 
 
 class _Job:
-    __slots__ = ("fn", "future", "rows", "tables")
+    __slots__ = ("fn", "future", "lsn", "rows", "tables")
 
     def __init__(
         self,
@@ -98,13 +112,69 @@ class _Job:
         self.tables = tables
         self.rows = rows
         self.fn = fn
+        self.lsn = 0
         self.future: Future[Any] = Future()
+
+
+@dataclass(frozen=True)
+class TableRules:
+    """What a writable table accepts: its columns, those that refuse NULL, and those that must be given
+    (NOT NULL with no default; ``feedback_log.seq`` is the writer's)."""
+
+    columns: frozenset[str]
+    not_null: frozenset[str]
+    required: frozenset[str]
+
+
+def table_rules(con: duckdb.DuckDBPyConnection) -> dict[str, TableRules]:
+    rows = con.execute(
+        "SELECT table_name, column_name, is_nullable, column_default IS NOT NULL FROM duckdb_columns() "
+        "WHERE database_name = current_database() AND schema_name = 'main'"
+    ).fetchall()
+    cols: dict[str, list[tuple[str, bool, bool]]] = {}
+    for table, column, nullable, has_default in rows:
+        if table in TABLE_ORDER:
+            cols.setdefault(table, []).append((column, nullable, has_default))
+    return {
+        t: TableRules(
+            frozenset(c for c, _, _ in spec),
+            frozenset(c for c, nullable, _ in spec if not nullable),
+            frozenset(c for c, nullable, d in spec if not nullable and not d and (t, c) != ("feedback_log", "seq")),
+        )
+        for t, spec in cols.items()
+    }
+
+
+def check_rows(name: str, table: pa.Table, rules: Mapping[str, TableRules]) -> None:
+    """:class:`InvalidRequest` naming the column if ``table`` cannot go into ``name`` as it is (checked before a
+    job is accepted, so that what is acknowledged is what DuckDB takes)."""
+    rule = rules.get(name)
+    if rule is None:
+        return
+    prefix = "the database refused the rows:"
+    for column in table.column_names:
+        if column not in rule.columns:
+            raise InvalidRequest(f"{prefix} table {name} has no column {column!r}")
+        nulls = table.column(column).null_count
+        if nulls and column in rule.not_null:
+            raise InvalidRequest(f"{prefix} NOT NULL constraint failed: {name}.{column} ({nulls} NULL values)")
+    missing = sorted(rule.required - set(table.column_names))
+    if missing:
+        raise InvalidRequest(f"{prefix} NOT NULL constraint failed: {name}.{missing[0]} (column missing)")
 
 
 class Writer:
     """Owns ``con`` from :meth:`start` until :meth:`close`; no other thread may use it."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, *, queue_rows: int, commit_rows: int) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        queue_rows: int,
+        commit_rows: int,
+        journal: Journal | None = None,
+        lag_rows: int = 20_000,
+    ) -> None:
         if queue_rows < 1:
             raise ValueError(f"queue_rows must be >= 1, got {queue_rows}")
         if not 1 <= commit_rows <= queue_rows:
@@ -112,23 +182,36 @@ class Writer:
         self._con = con
         self._queue_rows = queue_rows
         self._commit_rows = commit_rows
+        self._journal = journal
+        self._lag_limit = max(1, lag_rows)
+        self._rules = table_rules(con)
         self._cond = threading.Condition()
-        self._queue: deque[_Job] = deque()
-        self._queued_rows = 0
+        self._pending: deque[_Job] = deque()  # accepted, not yet journaled (journal mode)
+        self._queue: deque[_Job] = deque()  # for DuckDB, in order
+        self._queued_rows = 0  # accepted and not yet in DuckDB
+        self._lag_rows = 0  # journaled (acknowledged) and not yet in DuckDB
         self._in_flight = 0
+        self._journal_busy = False
+        self._journal_done = journal is None
         self._closed = False
         row = con.execute("SELECT coalesce(max(seq), 0) FROM feedback_log").fetchone()
         self._next_seq = int(row[0]) + 1 if row else 1
+        self._applied_lsn = self._acked_lsn = journal.last_lsn if journal is not None else 0
         self.stats = WriterStats()
         self._thread = threading.Thread(target=self._run, name="otel-feedback-writer", daemon=True)
         self._thread.start()
+        self._journal_thread: threading.Thread | None = None
+        if journal is not None:
+            self._journal_thread = threading.Thread(target=self._journal_run, name="otel-feedback-journal", daemon=True)
+            self._journal_thread.start()
 
     # -- callers -------------------------------------------------------------------------------
 
     def submit(self, tables: Mapping[str, pa.Table]) -> Future[int]:
-        """Queue rows for the next commit; the future's result is the number of rows committed.
+        """Queue rows for the next commit; the future's result is the number of rows made durable.
 
-        Raises :class:`QueueFull` (retryable) when the queue cannot take them now, and
+        Rows a table cannot take give a future failed with :class:`InvalidRequest` (nothing of the job is
+        written). Raises :class:`QueueFull` (retryable) when the queue cannot take them now, and
         :class:`StoreUnavailable` when the writer is closed.
         """
         for name in tables:
@@ -139,11 +222,20 @@ class Writer:
         if rows == 0:
             job.future.set_result(0)
             return job.future
+        assert job.tables is not None
+        try:
+            for name, table in job.tables.items():
+                check_rows(name, table, self._rules)
+        except InvalidRequest as exc:
+            self.stats.failed_jobs += 1
+            job.future.set_exception(exc)
+            return job.future
         self._enqueue(job)
         return job.future
 
     def call(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Future[Any]:
-        """Run ``fn(connection)`` on the writer thread inside its own transaction."""
+        """Run ``fn(connection)`` on the writer thread inside its own transaction, after every job submitted
+        before it has been applied."""
         job = _Job(None, 0, fn)
         self._enqueue(job)
         return job.future
@@ -169,20 +261,40 @@ class Writer:
             if self._closed:
                 raise StoreUnavailable("the store is closed; nothing more can be written")
             self._refuse_if_full(job.rows)
-            self._queue.append(job)
+            (self._pending if self._journal is not None else self._queue).append(job)
             self._queued_rows += job.rows
             self._cond.notify_all()
 
     @property
     def queued_rows(self) -> int:
-        """Rows accepted but not yet committed."""
+        """Rows accepted but not yet in DuckDB."""
         return self._queued_rows
 
+    @property
+    def applied_lsn(self) -> int:
+        """The last journal record DuckDB has (0 without a journal)."""
+        return self._applied_lsn
+
+    def wait_applied(self, timeout_s: float = 10.0) -> bool:
+        """Wait until DuckDB holds every job acknowledged before this call (at once without a journal), so a
+        query sees them; False if that took longer than ``timeout_s``. Never call it on the writer thread."""
+        if self._journal is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            target = self._acked_lsn
+            while self._applied_lsn < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    return False
+                self._cond.wait(remaining)
+        return True
+
     def flush(self, timeout_millis: float | None = None) -> bool:
-        """Wait until everything submitted before this call is committed (or failed); False on timeout."""
+        """Wait until everything submitted before this call is in DuckDB (or failed); False on timeout."""
         deadline = None if timeout_millis is None else time.monotonic() + timeout_millis / 1000
         with self._cond:
-            while self._queue or self._in_flight:
+            while self._pending or self._journal_busy or self._queue or self._in_flight:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -190,20 +302,101 @@ class Writer:
         return True
 
     def close(self, timeout_millis: float | None = 30_000) -> bool:
-        """Refuse new work, commit what is queued, stop the thread. Idempotent. False if it did not finish
-        in time (then the connection must not be closed)."""
+        """Refuse new work, apply what is queued, stop the threads. Idempotent. False if they did not finish in
+        time (then the connection must not be closed)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(None if timeout_millis is None else timeout_millis / 1000)
-        return not self._thread.is_alive()
+        deadline = None if timeout_millis is None else time.monotonic() + timeout_millis / 1000
+        for thread in (self._journal_thread, self._thread):
+            if thread is not None:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        done = not self._thread.is_alive() and not (self._journal_thread and self._journal_thread.is_alive())
+        if done and self._journal is not None:
+            self._journal.close(self._applied_lsn)
+        return done
 
-    # -- the worker ----------------------------------------------------------------------------
+    # -- the journal thread --------------------------------------------------------------------
+
+    def _journal_run(self) -> None:
+        journal = self._journal
+        assert journal is not None
+        while True:
+            with self._cond:
+                # While DuckDB is far behind, acknowledge nothing more: clients wait (backpressure) instead of
+                # memory and query waits growing without bound. Closing drains regardless.
+                while not self._pending or (self._lag_rows >= self._lag_limit and not self._closed):
+                    if self._closed and not self._pending:
+                        self._journal_done = True
+                        self._cond.notify_all()
+                        return
+                    self._cond.wait(0.5 if self._closed else None)
+                # take what fits under the lag limit (at least one job, so a large one still goes through)
+                batch = [self._pending.popleft()]
+                room = self._lag_limit - self._lag_rows - batch[0].rows
+                while self._pending and (self._closed or self._pending[0].rows <= room):
+                    room -= self._pending[0].rows
+                    batch.append(self._pending.popleft())
+                self._journal_busy = True
+            try:
+                self._journal_batch(journal, batch)
+            except BaseException:  # never let the thread die silently
+                _log.exception("otel-feedback journal thread failed")
+            finally:
+                with self._cond:
+                    self._journal_busy = False
+                    self._cond.notify_all()
+
+    def _journal_batch(self, journal: Journal, batch: list[_Job]) -> None:
+        lsn0, seq0 = journal.last_lsn, self._next_seq
+        lsn, seq = lsn0, seq0
+        started = time.perf_counter()
+        try:
+            records = []
+            for job in batch:
+                if job.fn is not None:
+                    continue
+                assert job.tables is not None
+                lsn += 1
+                job.lsn = lsn
+                fb = job.tables.get("feedback_log")
+                if fb is not None:
+                    job.tables = {**job.tables, "feedback_log": _with_seq(fb, seq)}
+                    seq += fb.num_rows
+                records.append((lsn, encode(job.tables)))
+            journal.append(records)
+        except Exception as exc:  # nothing of the batch is acknowledged; its LSNs and seqs are given again
+            _log.error("otel-feedback journal: append failed: %s", exc)
+            failed = [j for j in batch if j.fn is None]
+            with self._cond:
+                self._queued_rows -= sum(j.rows for j in failed)
+                for job in batch:
+                    if job.fn is not None:
+                        self._queue.append(job)
+                self._cond.notify_all()
+            for job in failed:
+                job.future.set_exception(WriteFailed(f"writing to the journal failed: {exc}"))
+            return
+        self._next_seq = seq
+        self.stats.journal_writes += 1
+        self.stats.journal_seconds += time.perf_counter() - started
+        with self._cond:
+            for job in batch:
+                self._queue.append(job)
+                self._lag_rows += job.rows
+            if lsn > lsn0:
+                self._acked_lsn = lsn
+            self._cond.notify_all()
+        for job in batch:
+            if job.fn is None:
+                job.future.set_result(job.rows)
+
+    # -- the DuckDB thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while not self._queue and not (self._closed and self._journal_done):
                     self._cond.wait()
                 if not self._queue:
                     return
@@ -218,6 +411,8 @@ class Writer:
             try:
                 if jobs[0].fn is not None:
                     self._run_call(jobs[0])
+                elif self._journal is not None:
+                    self._apply_journaled(jobs)
                 else:
                     self._commit_group(jobs)
             except BaseException as exc:  # never let the worker die silently
@@ -227,7 +422,10 @@ class Writer:
                         job.future.set_exception(classify(exc) if isinstance(exc, Exception) else exc)
             finally:
                 with self._cond:
-                    self._queued_rows -= sum(j.rows for j in jobs)
+                    n = sum(j.rows for j in jobs)
+                    self._queued_rows -= n
+                    if self._journal is not None and jobs[0].fn is None:
+                        self._lag_rows -= n
                     self._in_flight = 0
                     self._cond.notify_all()
 
@@ -257,40 +455,165 @@ class Writer:
             for job in jobs:  # find the bad one(s); the others still commit
                 self._commit_group([job])
             return
-        elapsed = time.perf_counter() - started
+        self._count(jobs, time.perf_counter() - started)
+        for job in jobs:
+            job.future.set_result(job.rows)
+
+    def _count(self, jobs: list[_Job], elapsed: float) -> None:
         stats = self.stats
         stats.commits += 1
         stats.jobs += len(jobs)
         stats.commit_seconds += elapsed
-        for job in jobs:
-            stats.rows += job.rows
-            job.future.set_result(job.rows)
+        stats.rows += sum(j.rows for j in jobs)
+
+    def _apply_journaled(self, jobs: list[_Job]) -> None:
+        """Apply acknowledged jobs; they are in the journal, so a failure must never drop one silently: a
+        retryable failure is retried until it succeeds (or the writer closes, leaving them to the next open's
+        replay), and rows DuckDB refuses for good are set aside next to the journal and reported."""
+        delay = 0.05
+        while True:
+            started = time.perf_counter()
+            try:
+                self._write(jobs)
+            except Exception as exc:
+                error = classify(exc)
+                if len(jobs) > 1:
+                    for job in jobs:
+                        self._apply_journaled([job])
+                    return
+                if isinstance(error, InvalidRequest):
+                    self._set_aside(jobs[0], error)
+                    return
+                if self._closed:
+                    _log.error("otel-feedback writer: %s; left in the journal for the next open", error)
+                    return
+                _log.warning("otel-feedback writer: %s; retrying in %.2f s", error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._count(jobs, time.perf_counter() - started)
+            self._applied(jobs[-1].lsn)
+            return
+
+    def _applied(self, lsn: int) -> None:
+        with self._cond:
+            self._applied_lsn = max(self._applied_lsn, lsn)
+            self._cond.notify_all()
+        assert self._journal is not None
+        self._journal.release(self._applied_lsn)
+
+    def _set_aside(self, job: _Job, error: Exception) -> None:
+        assert self._journal is not None and job.tables is not None
+        self.stats.failed_jobs += 1
+        path = set_aside(self._journal.directory, job.lsn, job.tables, str(error))
+        _log.error(
+            "otel-feedback writer: journal record %d was refused (%s); its rows are kept in %s", job.lsn, error, path
+        )
+        self._con.execute("UPDATE _journal SET applied_lsn = greatest(applied_lsn, ?)", [job.lsn])
+        self._applied(job.lsn)
 
     def _write(self, jobs: list[_Job]) -> None:
-        con = self._con
-        next_seq = self._next_seq
-        con.execute("BEGIN TRANSACTION")
+        tables = [j.tables for j in jobs if j.tables]
+        if self._journal is not None:  # seq was given at journal time (by the journal thread, which owns _next_seq)
+            insert(self._con, tables, 0, lsn=jobs[-1].lsn)
+        else:
+            self._next_seq = insert(self._con, tables, self._next_seq)
+
+
+def _with_seq(table: pa.Table, first: int) -> pa.Table:
+    return table.append_column("seq", pa.array(range(first, first + table.num_rows), pa.int64()))
+
+
+def insert(
+    con: duckdb.DuckDBPyConnection,
+    jobs: list[Mapping[str, pa.Table]],
+    next_seq: int,
+    lsn: int | None = None,
+) -> int:
+    """Append the jobs' tables in one transaction (and record ``lsn`` as applied); the next feedback ``seq``.
+    Feedback rows without ``seq`` (no journal) are numbered here, in order."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for name in TABLE_ORDER:
+            parts = [j[name] for j in jobs if name in j]
+            if not parts:
+                continue
+            table = _for_duckdb(name, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
+            if name == "feedback_log" and "seq" not in table.column_names:
+                table = _with_seq(table, next_seq)
+                next_seq += table.num_rows
+            con.register("__otel_feedback_batch", table)
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM __otel_feedback_batch")
+            con.unregister("__otel_feedback_batch")
+        if lsn is not None:
+            con.execute("UPDATE _journal SET applied_lsn = ?", [lsn])
+        con.execute("COMMIT")
+    except Exception:
+        # A failed statement aborts the transaction, and DuckDB then refuses even the unregister; keep
+        # the first error (the one that says what was wrong), roll back, and clean up afterwards.
+        for statement in (lambda: con.execute("ROLLBACK"), lambda: con.unregister("__otel_feedback_batch")):
+            try:
+                statement()
+            except duckdb.Error:
+                pass
+        raise
+    return next_seq
+
+
+def set_aside(directory: Path, lsn: int, tables: Mapping[str, pa.Table], reason: str) -> Path:
+    """Keep rows DuckDB refused for good (journaled, so acknowledged) in ``rejected-<lsn>.arrows``, an Arrow
+    IPC stream per table as in the journal, with the reason beside it."""
+    path = directory / f"rejected-{lsn:016d}.arrows"
+    path.write_bytes(b"".join(encode(tables)))  # type: ignore[arg-type]
+    path.with_suffix(".txt").write_text(reason + "\n")
+    return path
+
+
+def replay(con: duckdb.DuckDBPyConnection, journal: Journal, batch_rows: int = 100_000) -> tuple[int, int]:
+    """Apply the journal records DuckDB does not have yet (after a crash); (records, rows) applied."""
+    row = con.execute("SELECT applied_lsn FROM _journal").fetchone()
+    applied = int(row[0]) if row else 0
+    seq_row = con.execute("SELECT coalesce(max(seq), 0) FROM feedback_log").fetchone()
+    next_seq = int(seq_row[0]) + 1 if seq_row else 1
+    records = rows = 0
+    last = applied
+    batch: list[tuple[int, dict[str, pa.Table]]] = []
+
+    def flush() -> None:
+        nonlocal next_seq
+        if not batch:
+            return
         try:
-            for name in TABLE_ORDER:
-                parts = [j.tables[name] for j in jobs if j.tables and name in j.tables]
-                if not parts:
-                    continue
-                table = _for_duckdb(name, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
-                if name == "feedback_log":
-                    n = table.num_rows
-                    table = table.append_column("seq", pa.array(range(next_seq, next_seq + n), pa.int64()))
-                    next_seq += n
-                con.register("__otel_feedback_batch", table)
-                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM __otel_feedback_batch")
-                con.unregister("__otel_feedback_batch")
-            con.execute("COMMIT")
+            next_seq = insert(con, [t for _, t in batch], next_seq, lsn=batch[-1][0])
         except Exception:
-            # A failed statement aborts the transaction, and DuckDB then refuses even the unregister; keep
-            # the first error (the one that says what was wrong), roll back, and clean up afterwards.
-            for statement in (lambda: con.execute("ROLLBACK"), lambda: con.unregister("__otel_feedback_batch")):
+            for lsn, tables in batch:  # find the refused record(s); keep the rest
                 try:
-                    statement()
-                except duckdb.Error:
-                    pass
-            raise
-        self._next_seq = next_seq
+                    next_seq = insert(con, [tables], next_seq, lsn=lsn)
+                except Exception as exc:
+                    error = classify(exc)
+                    if not isinstance(error, InvalidRequest):
+                        raise
+                    path = set_aside(journal.directory, lsn, tables, str(error))
+                    _log.error(
+                        "otel-feedback journal: record %d was refused (%s); its rows are kept in %s", lsn, error, path
+                    )
+                    con.execute("UPDATE _journal SET applied_lsn = ?", [lsn])
+        batch.clear()
+
+    pending = 0
+    for lsn, payload in journal.records():
+        last = max(last, lsn)
+        if lsn <= applied:
+            continue
+        tables = decode(payload)
+        batch.append((lsn, tables))
+        n = sum(t.num_rows for t in tables.values())
+        records += 1
+        rows += n
+        pending += n
+        if pending >= batch_rows:
+            flush()
+            pending = 0
+    flush()
+    journal.start(last + 1)
+    return records, rows

@@ -1,0 +1,236 @@
+"""The journal (store/journal.py): writes are acknowledged once appended and fsynced there, DuckDB gets them
+right after, and what a crash kept out of DuckDB is applied at the next open. Real files and real DuckDB; the
+crash is a real ``kill -9`` of a child process whose DuckDB thread was held, so the rows it acknowledged
+exist nowhere but in the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from otel_feedback.errors import SchemaError, StoreUnavailable
+from otel_feedback.store import Store
+from otel_feedback.store.journal import MAGIC, Journal, decode, encode, journal_dir
+from otel_feedback.store.writer import Writer, replay
+from tests.test_core_store import WAIT_S, Gate, count, feedback_table, span_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _crash_after_acks(db: Path, jobs: int, *, hold_duckdb: bool = True) -> str:
+    """A child process opens ``db``, holds its DuckDB thread (so nothing reaches DuckDB), submits ``jobs`` jobs of
+    3 spans and 1 feedback record, prints ``acked`` once all are acknowledged and waits: the test kills it with
+    SIGKILL. Returns what the child printed."""
+    code = textwrap.dedent(
+        f"""
+        import sys, threading
+        sys.path.insert(0, {str(ROOT)!r})
+        from otel_feedback.store import Store
+        from tests.test_core_store import Gate, span_table, feedback_table
+        store = Store({str(db)!r})
+        if {hold_duckdb!r}:
+            Gate(store)
+        futures = [
+            store.submit({{"span_log": span_table(3, f"{{i:04x}}"), "feedback_log": feedback_table([f"fb{{i}}"])}})
+            for i in range({jobs})
+        ]
+        assert [f.result(30) for f in futures] == [4] * {jobs}
+        print("acked", flush=True)
+        threading.Event().wait(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "acked", f"child said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(WAIT_S)
+    return line
+
+
+def test_journal_round_trips_a_job() -> None:
+    tables = {"span_log": span_table(5, "a"), "feedback_log": feedback_table(["x", "y"])}
+    back = decode(b"".join(encode(tables)))  # type: ignore[arg-type]
+    assert set(back) == set(tables)
+    for name, table in tables.items():
+        assert back[name].equals(table)
+
+
+def test_acknowledged_while_duckdb_is_held_then_visible_to_the_next_query(tmp_path: Path) -> None:
+    with Store(tmp_path / "a.duckdb") as store:
+        gate = Gate(store)
+        future = store.submit({"span_log": span_table(4, "h")})
+        assert future.result(WAIT_S) == 4  # durable in the journal; DuckDB has not seen it
+        assert store.writer is not None and store.writer.stats.commits == 0
+        gate.release()
+        assert count(store) == 4  # the query waits for what was acknowledged before it
+
+
+def test_kill9_after_acknowledgement_loses_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "crash.duckdb"
+    _crash_after_acks(db, 25)
+    assert any(journal_dir(db).glob("*.log")), "the crash left the journal behind"
+    with caplog.at_level(logging.WARNING, logger="otel_feedback"), Store(db) as store:
+        assert count(store) == 75
+        # feedback sequence numbers were given at journal time: the replay keeps them, gap-free, in order
+        rows = store.query("SELECT seq, feedback_id FROM feedback_log ORDER BY seq").rows
+        assert rows == [(i + 1, f"fb{i}") for i in range(25)]
+        assert "applied 25 journal records (100 rows)" in caplog.text
+        # writing goes on after the recovered rows, and numbers continue
+        store.append({"feedback_log": feedback_table(["after"])})
+        assert store.query("SELECT seq FROM feedback_log WHERE feedback_id = 'after'").rows == [(26,)]
+    assert not journal_dir(db).exists(), "a clean close leaves no journal"
+    with Store(db) as again:  # nothing is applied twice
+        assert count(again) == 75 and count(again, "feedback_log") == 26
+
+
+def test_a_write_cut_short_at_the_end_is_ignored(tmp_path: Path) -> None:
+    db = tmp_path / "torn.duckdb"
+    _crash_after_acks(db, 5)
+    (last,) = sorted(journal_dir(db).glob("*.log"))
+    with last.open("ab") as f:  # a record whose write the crash interrupted: header promises more than is there
+        f.write(b"\x06\x00\x00\x00\x00\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00partial")
+    with Store(db) as store:
+        assert count(store) == 15
+
+
+def test_a_journal_less_open_refuses_and_a_read_only_open_applies_the_journal_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a crash the file alone lacks what only the journal has: opening it without the journal is refused
+    (it would write after the missing records); opening it to read applies the journal first, so a person
+    looking at the file after a crash sees everything that was acknowledged."""
+    db = tmp_path / "pending.duckdb"
+    _crash_after_acks(db, 3)
+    with pytest.raises(SchemaError, match="OTEL_FEEDBACK_JOURNAL=true"):
+        Store(db, journal=False)
+    with caplog.at_level(logging.WARNING, logger="otel_feedback"), Store(db, read_only=True) as ro:
+        assert count(ro) == 9
+    assert "applied the writes" in caplog.text
+    assert not journal_dir(db).exists()
+    with Store(db) as store:
+        assert count(store) == 9
+
+
+def test_rows_duckdb_refuses_after_acknowledgement_are_kept_aside_and_the_rest_goes_on(tmp_path: Path) -> None:
+    """The checks before acknowledging catch missing columns and NULLs; a value DuckDB cannot convert is only
+    found when applying. The record was acknowledged, so its rows are kept next to the journal, not dropped."""
+    db = tmp_path / "refused.duckdb"
+    with Store(db) as store:
+        bad = span_table(2, "b")
+        bad = bad.set_column(bad.schema.get_field_index("start_time"), "start_time", pa.array(["soon", "later"]))
+        gate = Gate(store)
+        good1 = store.submit({"span_log": span_table(3, "g")})
+        refused = store.submit({"span_log": bad})
+        good2 = store.submit({"span_log": span_table(4, "k")})
+        assert [f.result(WAIT_S) for f in (good1, refused, good2)] == [3, 2, 4]
+        gate.release()
+        assert count(store) == 7
+        assert store.writer is not None and store.writer.stats.failed_jobs == 1
+        (kept,) = journal_dir(db).glob("rejected-*.arrows")
+        assert decode(kept.read_bytes())["span_log"].column("start_time").to_pylist() == ["soon", "later"]
+        assert "soon" in kept.with_suffix(".txt").read_text() or "Conversion" in kept.with_suffix(".txt").read_text()
+    assert kept.exists(), "the refused rows stay for a person to look at"
+
+
+def test_bad_rows_are_refused_before_the_journal(tmp_path: Path) -> None:
+    db = tmp_path / "checked.duckdb"
+    with Store(db) as store:
+        future = store.submit({"span_log": span_table(3, "n", null_name_at=1)})
+        with pytest.raises(Exception, match=r"NOT NULL constraint failed: span_log.name \(1 NULL values\)"):
+            future.result(WAIT_S)
+        extra = span_table(1, "x").append_column("no_such_column", pa.array([1]))
+        with pytest.raises(Exception, match="has no column 'no_such_column'"):
+            store.submit({"span_log": extra}).result(WAIT_S)
+        missing = span_table(1, "m").drop_columns(["kind"])
+        with pytest.raises(Exception, match=r"span_log.kind \(column missing\)"):
+            store.submit({"span_log": missing}).result(WAIT_S)
+        assert store.writer is not None and store.writer.stats.journal_writes == 0
+
+
+def test_without_the_journal_acknowledgement_waits_for_duckdb(tmp_path: Path) -> None:
+    with Store(tmp_path / "nojournal.duckdb", journal=False) as store:
+        gate = Gate(store)
+        future = store.submit({"span_log": span_table(2, "w")})
+        time.sleep(0.2)
+        assert not future.done()
+        gate.release()
+        assert future.result(WAIT_S) == 2
+    assert not journal_dir(tmp_path / "nojournal.duckdb").exists()
+
+
+def test_acknowledgements_stop_while_duckdb_is_far_behind(tmp_path: Path) -> None:
+    """Backpressure: at most ``lag_rows`` acknowledged rows wait for DuckDB (memory, and how long a query waits,
+    stay bounded); the rest wait for their acknowledgement until DuckDB catches up."""
+    db = tmp_path / "lag.duckdb"
+    Store(db).close()
+    con = duckdb.connect(str(db))
+    journal = Journal(journal_dir(db))
+    replay(con, journal)
+    writer = Writer(con, queue_rows=10_000, commit_rows=1_000, journal=journal, lag_rows=30)
+    try:
+        release = __import__("threading").Event()
+        writer.call(lambda c: release.wait(WAIT_S))
+        futures = [writer.submit({"span_log": span_table(10, f"{i:02x}")}) for i in range(8)]
+        deadline = time.monotonic() + WAIT_S
+        while sum(f.done() for f in futures) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert sum(f.done() for f in futures) == 3  # 30 rows acknowledged, the other 50 held back
+        release.set()
+        assert [f.result(WAIT_S) for f in futures] == [10] * 8
+        assert writer.flush(WAIT_S * 1000)
+        assert con.execute("SELECT count(*) FROM span_log").fetchone() == (80,)
+    finally:
+        assert writer.close()
+        con.close()
+
+
+def test_closed_writer_refuses(tmp_path: Path) -> None:
+    store = Store(tmp_path / "closed.duckdb")
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.submit({"span_log": span_table(1, "c")})
+
+
+def test_journal_files_rotate_and_are_deleted_once_applied(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    journal = Journal(directory, rotate_bytes=2_000)
+    journal.start(1)
+    payload = encode({"span_log": span_table(5, "r")})
+    for lsn in range(1, 6):
+        journal.append([(lsn, payload)])
+    files = journal.files()
+    assert len(files) == 5 and all(f.read_bytes().startswith(MAGIC) for f in files)
+    assert [lsn for lsn, _ in journal.records()] == [1, 2, 3, 4, 5]
+    journal.release(3)
+    assert len(journal.files()) == 2
+    assert [lsn for lsn, _ in journal.records()] == [4, 5]
+    journal.close(5)
+    assert not directory.exists()
+
+
+def test_feedback_seq_stays_unique_while_duckdb_applies_concurrently(tmp_path: Path) -> None:
+    """Sequence numbers are given by the journal thread alone; the DuckDB thread applying earlier jobs at the
+    same time must not hand out any again (it once wrote back a stale counter, and retries were counted twice)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Store(tmp_path / "seq.duckdb") as store:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(store.append, {"feedback_log": feedback_table([f"s{i}"])}) for i in range(300)]
+            assert [f.result(WAIT_S) for f in futures] == [1] * 300
+        rows = store.query("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM feedback_log").rows
+        assert rows == [(300, 300, 1, 300)]
