@@ -225,12 +225,30 @@ def test_journal_files_rotate_and_are_deleted_once_applied(tmp_path: Path) -> No
 
 def test_feedback_seq_stays_unique_while_duckdb_applies_concurrently(tmp_path: Path) -> None:
     """Sequence numbers are given by the journal thread alone; the DuckDB thread applying earlier jobs at the
-    same time must not hand out any again (it once wrote back a stale counter, and retries were counted twice)."""
+    same time must not hand out any again (it once wrote back a stale counter: copies of one record then shared
+    a seq, and the feedback view counted them all). DuckDB applies every job at once here, to overlap the two."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with Store(tmp_path / "seq.duckdb") as store:
+    db = tmp_path / "seq.duckdb"
+    Store(db).close()
+    con = duckdb.connect(str(db))
+    journal = Journal(journal_dir(db))
+    replay(con, journal)
+    writer = Writer(con, queue_rows=100_000, commit_rows=1_000, journal=journal, apply_rows=1, apply_linger_s=0)
+    try:
         with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(store.append, {"feedback_log": feedback_table([f"s{i}"])}) for i in range(300)]
-            assert [f.result(WAIT_S) for f in futures] == [1] * 300
-        rows = store.query("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM feedback_log").rows
-        assert rows == [(300, 300, 1, 300)]
+            # each thread waits for its acknowledgement before the next, so journal batches stay small and keep
+            # coming while DuckDB applies the ones before
+            done = pool.map(
+                lambda k: [
+                    writer.submit({"feedback_log": feedback_table([f"s{k}-{i}"])}).result(WAIT_S) for i in range(150)
+                ],
+                range(4),
+            )
+            assert [n for acks in done for n in acks] == [1] * 600
+        assert writer.flush(WAIT_S * 1000)
+        rows = con.execute("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM feedback_log").fetchall()
+        assert rows == [(600, 600, 1, 600)]
+    finally:
+        assert writer.close()
+        con.close()

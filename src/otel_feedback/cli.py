@@ -92,6 +92,14 @@ def _decoder_note(settings: Settings) -> str:
     return "compiled"
 
 
+def _ack_note(settings: Settings) -> str:
+    from .store.journal import journal_dir
+
+    if not settings.journal:
+        return "after each DuckDB commit (OTEL_FEEDBACK_JOURNAL=false)"
+    return f"once in the journal ({journal_dir(settings.db)}, fsynced); applied to DuckDB right after"
+
+
 @cli.command()
 @click.argument("sql")
 @source_options
@@ -285,6 +293,7 @@ def serve(
         f"  OTLP/gRPC + FeedbackService  {server.grpc_target}\n"
         f"  OTLP/HTTP, feedback, query   {server.http_url}\n"
         f"  trace decoder                {_decoder_note(settings)}\n"
+        f"  acknowledged                 {_ack_note(settings)}\n"
         "Ctrl-C to stop.",
     )
     sys.stdout.flush()
