@@ -76,7 +76,13 @@ def _crc(lsn: int, payload: bytes | memoryview) -> int:
     return zlib.crc32(payload, zlib.crc32(struct.pack("<Q", lsn)))
 
 
+_sync = getattr(os, "fdatasync", os.fsync)
+"""``fdatasync`` where the OS has it (Linux); ``fsync`` elsewhere (macOS has no ``fdatasync``)."""
+
+
 def _fsync_dir(path: Path) -> None:
+    if os.name == "nt":  # Windows cannot open a directory to sync it; NTFS journals the name itself
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -167,7 +173,7 @@ class Journal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             os.write(fd, MAGIC)
-            os.fdatasync(fd)
+            _sync(fd)
             _fsync_dir(self.directory)  # the new file's name must survive a crash as well as its records
         except BaseException:
             os.close(fd)
@@ -193,11 +199,11 @@ class Journal:
             written = 0
             while written < len(data):
                 written += os.write(self._fd, data[written:])
-            os.fdatasync(self._fd)
+            _sync(self._fd)
         except BaseException:
             try:
                 os.ftruncate(self._fd, start)
-                os.fdatasync(self._fd)
+                _sync(self._fd)
             except OSError:
                 _log.exception("otel-feedback journal: could not cut %s back after a failed write", self._file)
                 self._fd = None  # never append after a torn record: the next append starts a new file
