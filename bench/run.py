@@ -7,7 +7,7 @@ Phases (each bounded in count and in time):
 
 1. raw OTLP/gRPC ingest: several sender *processes* send prebuilt ``ExportTraceServiceRequest`` bytes of an
    LLM-app shape (root + retrieval / LLM / tool children, 8-15 attributes, ~1-2 KB of text on LLM spans) and
-   count spans whose export was acknowledged (the server answers after the commit); p50/p99 export latency;
+   count spans whose export was acknowledged (the server answers once they are durable); p50/p99 export latency;
 2. the same through the Python SDK's ``OTLPSpanExporter`` (gRPC), batches of 512 like ``BatchSpanProcessor``;
 3. fill the file up to ``--spans`` (1 M) with the raw senders;
 4. feedback: batch ``POST /v1/feedback`` items/s, ``PATCH`` p50/p99 one at a time, and feedback-to-visible

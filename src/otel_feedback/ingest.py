@@ -67,7 +67,7 @@ class Ingest:
         }
 
     def _append(self, main_table: str, decoded: Decoded) -> Outcome:
-        """Append decoded telemetry and the feedback pulled out of it; returns once they are committed."""
+        """Append decoded telemetry and the feedback pulled out of it; returns once they are durable (journaled, or committed without a journal)."""
         tables = {main_table: decoded.table}
         messages = list(decoded.messages)
         if decoded.feedback:
@@ -116,7 +116,7 @@ class Ingest:
         return outcome
 
     def feedback(self, rows: Sequence[FeedbackRow]) -> int:
-        """Append validated feedback rows; returns once they are committed."""
+        """Append validated feedback rows; returns once they are durable (journaled, or committed without a journal)."""
         if not rows:
             return 0
         return self.sink.append({"feedback_log": fb.to_table(rows)}, timeout=self.commit_timeout)

@@ -171,7 +171,7 @@ def record_feedback(
     ``source_id``, ``id``, ``timestamp``, ``target=("session.id", "s-1")``...). Without ``trace_id`` and
     ``target`` it targets the active span. Returns the record's id; raises
     :class:`otel_feedback.InvalidRequest` naming the bad field. With ``wait`` it returns once the record
-    is committed.
+    is durable (and every query through otel-feedback sees it).
     """
     from .client import _record
     from .ids import current_span_id, current_trace_id
