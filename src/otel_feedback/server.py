@@ -249,7 +249,8 @@ class Server:
                 )
                 announce(
                     f"otel-feedback: wrote {st.rows:,} rows in {st.commits:,} commits "
-                    f"({st.rows / st.commits:,.0f} rows per commit, {st.commit_seconds:,.1f} s committing){journal}"
+                    f"({st.rows / st.commits:,.0f} rows per commit, {st.commit_seconds:,.1f} s committing, the longest "
+                    f"{st.longest_commit_seconds:,.2f} s){journal}"
                 )
         finally:
             for sig, handler in old.items():

@@ -96,6 +96,7 @@ class WriterStats:
     failed_jobs: int = 0
     rejected_full: int = 0
     commit_seconds: float = 0.0
+    longest_commit_seconds: float = 0.0
     journal_writes: int = 0
     journal_seconds: float = 0.0
 
@@ -500,6 +501,7 @@ class Writer:
         stats.commits += 1
         stats.jobs += len(jobs)
         stats.commit_seconds += elapsed
+        stats.longest_commit_seconds = max(stats.longest_commit_seconds, elapsed)
         stats.rows += sum(j.rows for j in jobs)
 
     def _apply_journaled(self, jobs: list[_Job]) -> None:
