@@ -24,6 +24,7 @@ too. If a group fails in DuckDB, each job in it is retried alone so one bad requ
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -602,8 +603,12 @@ def set_aside(directory: Path, lsn: int, tables: Mapping[str, pa.Table], reason:
     """Keep rows DuckDB refused for good (journaled, so acknowledged) in ``rejected-<lsn>.arrows``, an Arrow
     IPC stream per table as in the journal, with the reason beside it."""
     path = directory / f"rejected-{lsn:016d}.arrows"
-    path.write_bytes(b"".join(encode(tables)))  # type: ignore[arg-type]
-    path.with_suffix(".txt").write_text(reason + "\n")
+    rows = b"".join(encode(tables))  # type: ignore[arg-type]
+    for target, data in ((path, rows), (path.with_suffix(".txt"), (reason + "\n").encode())):
+        with open(target, "wb") as f:  # durable before the journal record is marked applied (and deleted later)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
     return path
 
 
