@@ -786,7 +786,11 @@ def table(metrics: list[Metric]) -> str:
 # -- main -------------------------------------------------------------------------------------------
 
 
-FALSY = ("0", "false", "no", "off", "")
+def _journal_on(env: dict[str, str]) -> bool:
+    """Whether the server acknowledges from its journal, as it reads its environment (``OTEL_FEEDBACK_JOURNAL``)."""
+    from otel_feedback.config import Settings
+
+    return Settings.load(env=env).journal
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -845,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     server = ServeProcess(tmp / "bench.duckdb", tmp / "serve.log", env)
-    r: dict[str, Any] = {"args": vars(args), "journal": env.get("OTEL_FEEDBACK_JOURNAL", "true").lower() not in FALSY}
+    r: dict[str, Any] = {"args": vars(args), "journal": _journal_on(env)}
     try:
         b = Bench(args, server)
         b.say(f"serve pid {server.pid}: gRPC {server.grpc_target}, HTTP {server.http_url}, file {server.db}")

@@ -212,18 +212,21 @@ static inline uint64_t varint(Ctx *c, Rd *r) {
     }
     decline(c);
 }
+/* the next n bytes (declines if fewer are left) */
+static inline const uint8_t *take(Ctx *c, Rd *r, size_t n) {
+    if ((size_t)(r->end - r->p) < n) decline(c);
+    const uint8_t *p = r->p;
+    r->p += n;
+    return p;
+}
 static inline uint64_t fixed64(Ctx *c, Rd *r) {
-    if (r->end - r->p < 8) decline(c);
     uint64_t v;
-    memcpy(&v, r->p, 8);
-    r->p += 8;
+    memcpy(&v, take(c, r, 8), 8);
     return v;
 }
 static inline uint32_t fixed32(Ctx *c, Rd *r) {
-    if (r->end - r->p < 4) decline(c);
     uint32_t v;
-    memcpy(&v, r->p, 4);
-    r->p += 4;
+    memcpy(&v, take(c, r, 4), 4);
     return v;
 }
 static inline Rd delimited(Ctx *c, Rd *r) {

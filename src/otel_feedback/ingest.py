@@ -67,7 +67,8 @@ class Ingest:
         }
 
     def _append(self, main_table: str, decoded: Decoded) -> Outcome:
-        """Append decoded telemetry and the feedback pulled out of it; returns once they are durable (journaled, or committed without a journal)."""
+        """Append decoded telemetry and the feedback pulled out of it; returns once they are durable (journaled,
+        or committed without a journal)."""
         tables = {main_table: decoded.table}
         messages = list(decoded.messages)
         if decoded.feedback:
@@ -79,9 +80,9 @@ class Ingest:
         return Outcome(decoded.table.num_rows, decoded.rejected, _join(messages))
 
     def _check_room(self, rows: int) -> None:
-        """Refuse (retryable) when the writer's queue is already full. The Python decoders check before
-        decoding, so that under a flood a refused request costs a protobuf parse, not a decode into columns;
-        the compiled decoder is cheap enough to check after."""
+        """Refuse (retryable) before a Python decode when the writer's queue is already full: under a flood, a
+        refused request then costs a protobuf parse, not a decode into columns. (The compiled decoder is cheap
+        enough that the writer's own check, when the rows are submitted, is the only one.)"""
         check = getattr(self.sink, "check_room", None)
         if check is not None and rows:
             check(rows)
@@ -102,8 +103,7 @@ class Ingest:
         decoded = decode_traces_bytes(raw, **self._decode) if self.settings.compiled_decoder else None
         if decoded is None:
             return self.traces(parse(raw))
-        self._check_room(decoded.table.num_rows)
-        outcome = self._append("span_log", decoded)
+        outcome = self._append("span_log", decoded)  # the writer refuses it there if its queue is full
         if self.forward is not None:
             self.forward.traces_bytes(raw)
         return outcome
@@ -116,7 +116,8 @@ class Ingest:
         return outcome
 
     def feedback(self, rows: Sequence[FeedbackRow]) -> int:
-        """Append validated feedback rows; returns once they are durable (journaled, or committed without a journal)."""
+        """Append validated feedback rows; returns once they are durable (journaled, or committed without a
+        journal)."""
         if not rows:
             return 0
         return self.sink.append({"feedback_log": fb.to_table(rows)}, timeout=self.commit_timeout)

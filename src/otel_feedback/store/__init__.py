@@ -164,35 +164,36 @@ class Store:
                 if lockdown:
                     self._con.execute("SET enable_external_access = false")
                     self._con.execute("SET lock_configuration = true")
+                # The journal belongs to the first read-write Store of a file in this process. A second one shares
+                # its database but not its journal (two would replay and delete each other's records): it
+                # acknowledges after commit.
                 wal = None
-                # A second read-write Store of a file this process already writes shares its database but not its
-                # journal (two would replay and delete each other's records): it acknowledges after commit.
-                if journal and self.path != ":memory:" and _key(self.path) not in _LIVE_WRITERS:
-                    wal = Journal(journal_dir(self.path))
-                    records, rows = replay(self._con, wal)
-                    if records:
-                        _log.warning(
-                            "otel-feedback: applied %d journal records (%d rows) that %s did not have yet "
-                            "(the last process stopped without finishing its writes)",
-                            records,
-                            rows,
-                            self.path,
+                if self.path != ":memory:" and _key(self.path) not in _LIVE_WRITERS:
+                    if journal:
+                        wal = Journal(journal_dir(self.path))
+                        self._replay(wal)
+                    elif _unapplied(self._con, self.path):
+                        raise SchemaError(
+                            f"{journal_dir(self.path)} holds writes that are not in {self.path} yet; open it once "
+                            "with the journal on (OTEL_FEEDBACK_JOURNAL=true) to apply them"
                         )
-                elif (
-                    self.path != ":memory:"
-                    and _key(self.path) not in _LIVE_WRITERS
-                    and _unapplied(self._con, self.path)
-                ):
-                    raise SchemaError(
-                        f"{journal_dir(self.path)} holds writes that are not in {self.path} yet; open it once "
-                        "with the journal on (OTEL_FEEDBACK_JOURNAL=true) to apply them"
-                    )
                 self.writer = Writer(self._con, queue_rows=queue_rows, commit_rows=commit_rows, journal=wal)
                 if wal is not None:
                     _LIVE_WRITERS[_key(self.path)] = self.writer
         except BaseException:
             self._con.close()
             raise
+
+    def _replay(self, wal: Journal) -> None:
+        records, rows = replay(self._con, wal)
+        if records:
+            _log.warning(
+                "otel-feedback: applied %d journal records (%d rows) that %s did not have yet "
+                "(the last process stopped without finishing its writes)",
+                records,
+                rows,
+                self.path,
+            )
 
     # -- writing -------------------------------------------------------------------------------
 

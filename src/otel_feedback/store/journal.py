@@ -22,8 +22,9 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -41,9 +42,9 @@ def journal_dir(db_path: str | Path) -> Path:
     return Path(f"{db_path}.journal")
 
 
-def encode(tables: Mapping[str, pa.Table]) -> list[object]:
+def encode(tables: Mapping[str, pa.Table]) -> list[Any]:
     """A job's tables as payload parts (bytes-like objects; joined by the writer)."""
-    parts: list[object] = [struct.pack("<B", len(tables))]
+    parts: list[Any] = [struct.pack("<B", len(tables))]
     for name, table in tables.items():
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as w:
@@ -72,8 +73,12 @@ def decode(payload: bytes | memoryview) -> dict[str, pa.Table]:
     return tables
 
 
-def _crc(lsn: int, payload: bytes | memoryview) -> int:
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<Q", lsn)))
+def _crc(lsn: int, parts: Iterable[Any]) -> int:
+    """CRC-32 of the LSN and the payload, given as one or more bytes-like parts."""
+    crc = zlib.crc32(struct.pack("<Q", lsn))
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
 
 
 _sync = getattr(os, "fdatasync", os.fsync)
@@ -133,7 +138,7 @@ class Journal:
                 if end > len(data):
                     break
                 payload = view[pos + _HEADER.size : end]
-                if _crc(lsn, payload) != crc:
+                if _crc(lsn, (payload,)) != crc:
                     break
                 yield lsn, payload
                 pos = end
@@ -181,7 +186,7 @@ class Journal:
             raise
         self._fd, self._file, self._size = fd, path, len(MAGIC)
 
-    def append(self, records: list[tuple[int, list[object]]]) -> None:
+    def append(self, records: list[tuple[int, list[Any]]]) -> None:
         """Write ``(lsn, payload parts)`` records and ``fdatasync``: when this returns they survive a crash.
         On failure the file is cut back to where it was, so a later append never follows a torn record."""
         if not records:
@@ -189,11 +194,11 @@ class Journal:
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        chunks: list[object] = []
-        for lsn, parts in records:
-            payload = b"".join(parts)  # type: ignore[arg-type]
-            chunks += [_HEADER.pack(lsn, len(payload), _crc(lsn, payload)), payload]
-        data = memoryview(b"".join(chunks))  # type: ignore[arg-type]
+        chunks: list[Any] = []
+        for lsn, parts in records:  # header and parts joined once, with no intermediate copy of each payload
+            size = sum(memoryview(p).nbytes for p in parts)
+            chunks += [_HEADER.pack(lsn, size, _crc(lsn, parts)), *parts]
+        data = memoryview(b"".join(chunks))
         start = self._size
         try:
             written = 0

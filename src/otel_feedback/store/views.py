@@ -25,7 +25,7 @@ CREATE OR REPLACE VIEW span_rows AS
 -- grouping, this lets a filter on trace_id reach the copies kept. Written as a left join kept where nothing
 -- matched (DuckDB plans it as an anti-join) because then DuckDB also carries the filter across the join
 -- condition to the earlier copies it looks for, so looking up one trace reads that trace's rows alone; a plain
--- ANTI JOIN scans every span's ids (40-60 ms at 2 M spans instead of 2-4 ms) and is slower for a full scan too.
+-- ANTI JOIN scans every span's ids (one span at 2 M spans: 30-40 ms instead of 12; a full scan: 423 ms, not 315).
 SELECT s.* FROM span_log s
 LEFT JOIN span_log e ON e.trace_id = s.trace_id AND e.span_id = s.span_id
     AND (e.received_at < s.received_at OR (e.received_at = s.received_at AND e.rowid < s.rowid))

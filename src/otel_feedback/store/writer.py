@@ -31,7 +31,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -277,11 +276,6 @@ class Writer:
     def queued_rows(self) -> int:
         """Rows accepted but not yet in DuckDB."""
         return self._queued_rows
-
-    @property
-    def applied_lsn(self) -> int:
-        """The last journal record DuckDB has (0 without a journal)."""
-        return self._applied_lsn
 
     def wait_applied(self, timeout_s: float = 10.0) -> bool:
         """Wait until DuckDB holds every job acknowledged before this call (at once without a journal), so a
@@ -544,17 +538,13 @@ class Writer:
     def _set_aside(self, job: _Job, error: Exception) -> None:
         assert self._journal is not None and job.tables is not None
         self.stats.failed_jobs += 1
-        path = set_aside(self._journal.directory, job.lsn, job.tables, str(error))
-        _log.error(
-            "otel-feedback writer: journal record %d was refused (%s); its rows are kept in %s", job.lsn, error, path
-        )
-        self._con.execute("UPDATE _journal SET applied_lsn = greatest(applied_lsn, ?)", [job.lsn])
+        set_aside(self._con, self._journal, job.lsn, job.tables, error)
         self._applied(job.lsn)
 
     def _write(self, jobs: list[_Job]) -> None:
         tables = [j.tables for j in jobs if j.tables]
         if self._journal is not None:  # seq was given at journal time (by the journal thread, which owns _next_seq)
-            insert(self._con, tables, 0, lsn=jobs[-1].lsn)
+            insert(self._con, tables, lsn=jobs[-1].lsn)
         else:
             self._next_seq = insert(self._con, tables, self._next_seq)
 
@@ -566,11 +556,11 @@ def _with_seq(table: pa.Table, first: int) -> pa.Table:
 def insert(
     con: duckdb.DuckDBPyConnection,
     jobs: list[Mapping[str, pa.Table]],
-    next_seq: int,
+    next_seq: int = 0,
     lsn: int | None = None,
 ) -> int:
     """Append the jobs' tables in one transaction (and record ``lsn`` as applied); the next feedback ``seq``.
-    Feedback rows without ``seq`` (no journal) are numbered here, in order."""
+    Feedback rows without ``seq`` (no journal) are numbered here from ``next_seq``; journaled ones have theirs."""
     con.execute("BEGIN TRANSACTION")
     try:
         for name in TABLE_ORDER:
@@ -599,51 +589,47 @@ def insert(
     return next_seq
 
 
-def set_aside(directory: Path, lsn: int, tables: Mapping[str, pa.Table], reason: str) -> Path:
-    """Keep rows DuckDB refused for good (journaled, so acknowledged) in ``rejected-<lsn>.arrows``, an Arrow
-    IPC stream per table as in the journal, with the reason beside it."""
-    path = directory / f"rejected-{lsn:016d}.arrows"
-    rows = b"".join(encode(tables))  # type: ignore[arg-type]
-    for target, data in ((path, rows), (path.with_suffix(".txt"), (reason + "\n").encode())):
-        with open(target, "wb") as f:  # durable before the journal record is marked applied (and deleted later)
+def set_aside(
+    con: duckdb.DuckDBPyConnection, journal: Journal, lsn: int, tables: Mapping[str, pa.Table], error: Exception
+) -> None:
+    """Rows DuckDB refused for good, although their journal record was acknowledged: kept (fsynced) in
+    ``rejected-<lsn>.arrows`` beside the journal, an Arrow IPC stream per table as in the journal, with the
+    reason in ``.txt``; logged; and the record marked applied, so it is not tried again."""
+    path = journal.directory / f"rejected-{lsn:016d}.arrows"
+    rows = b"".join(encode(tables))
+    for target, data in ((path, rows), (path.with_suffix(".txt"), f"{error}\n".encode())):
+        with open(target, "wb") as f:  # durable before the record is marked applied (and its file deleted)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-    return path
+    _log.error("otel-feedback: journal record %d was refused (%s); its rows are kept in %s", lsn, error, path)
+    con.execute("UPDATE _journal SET applied_lsn = greatest(applied_lsn, ?)", [lsn])
 
 
 def replay(con: duckdb.DuckDBPyConnection, journal: Journal, batch_rows: int = 100_000) -> tuple[int, int]:
     """Apply the journal records DuckDB does not have yet (after a crash); (records, rows) applied."""
     row = con.execute("SELECT applied_lsn FROM _journal").fetchone()
     applied = int(row[0]) if row else 0
-    seq_row = con.execute("SELECT coalesce(max(seq), 0) FROM feedback_log").fetchone()
-    next_seq = int(seq_row[0]) + 1 if seq_row else 1
-    records = rows = 0
+    records = rows = pending = 0
     last = applied
     batch: list[tuple[int, dict[str, pa.Table]]] = []
 
     def flush() -> None:
-        nonlocal next_seq
         if not batch:
             return
         try:
-            next_seq = insert(con, [t for _, t in batch], next_seq, lsn=batch[-1][0])
+            insert(con, [t for _, t in batch], lsn=batch[-1][0])
         except Exception:
             for lsn, tables in batch:  # find the refused record(s); keep the rest
                 try:
-                    next_seq = insert(con, [tables], next_seq, lsn=lsn)
+                    insert(con, [tables], lsn=lsn)
                 except Exception as exc:
                     error = classify(exc)
                     if not isinstance(error, InvalidRequest):
                         raise
-                    path = set_aside(journal.directory, lsn, tables, str(error))
-                    _log.error(
-                        "otel-feedback journal: record %d was refused (%s); its rows are kept in %s", lsn, error, path
-                    )
-                    con.execute("UPDATE _journal SET applied_lsn = ?", [lsn])
+                    set_aside(con, journal, lsn, tables, error)
         batch.clear()
 
-    pending = 0
     for lsn, payload in journal.records():
         last = max(last, lsn)
         if lsn <= applied:
