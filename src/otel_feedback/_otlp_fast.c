@@ -302,11 +302,29 @@ static void check_utf8(Ctx *c, const uint8_t *s, size_t n) {
 /* 1 for bytes JSON must escape (control characters, quote, backslash) */
 static uint8_t ESC[256];
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+/* nonzero when one of the 8 bytes of w is zero (exact as to whether there is one) */
+static inline uint64_t zero_byte(uint64_t w) { return (w - ONES) & ~w & HIGHS; }
+/* nonzero when one of the 8 bytes of w must be escaped: below 0x20, '"' or '\\' */
+static inline uint64_t escape_byte(uint64_t w) {
+    return ((w - ONES * 0x20) & ~w & HIGHS) | zero_byte(w ^ (ONES * '"')) | zero_byte(w ^ (ONES * '\\'));
+}
+
 static void put_json_str(Ctx *c, Buf *b, const uint8_t *s, size_t n) {
     reserve(c, b, n + 2);
     b->p[b->n++] = '"';
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
+        /* text is mostly plain: skip 8 bytes at a time while none needs escaping (measured: this function was a
+           fifth of the decoder's time with the byte-by-byte loop alone) */
+        while (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (escape_byte(w)) break;
+            i += 8;
+        }
+        if (i >= n) break;
         uint8_t ch = s[i];
         if (!ESC[ch]) continue;
         put(c, b, s + run, i - run);

@@ -270,8 +270,9 @@ def serve(
     """Receive OTLP traces and logs, and feedback, into the DuckDB file until stopped (Ctrl-C)."""
     import logging
 
-    from .server import PortInUse, Server
+    from .server import PortInUse, Server, dedicated_process, started
 
+    dedicated_process()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.load(
         db=db,
@@ -288,6 +289,7 @@ def serve(
         server.start()
     except PortInUse as exc:
         raise click.ClickException(str(exc)) from None
+    started()
     click.echo(
         f"otel-feedback {__version__} writing {settings.db}\n"
         f"  OTLP/gRPC + FeedbackService  {server.grpc_target}\n"

@@ -10,10 +10,12 @@ A second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +34,34 @@ from .receiver import LOGS_SERVICE, TRACE_SERVICE, make_server, otlp_handlers
 from .store import Store
 
 _log = logging.getLogger(__name__)
+
+
+class _NoPandas:
+    """An import finder that refuses pandas (see :func:`dedicated_process`)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("otel-feedback serve keeps pandas out of its process", name=name)
+        return None
+
+
+def dedicated_process() -> None:
+    """Process-wide settings for ``otel-feedback serve`` (a process that only serves), not for apps that embed
+    :class:`Server`. Call before :meth:`Server.start`; call :func:`started` after it.
+
+    pandas is kept out. pyarrow imports it, when it is installed, on its first conversion of a Python list,
+    only to check whether the values are pandas objects, which this server never has: that was 42 MB of RSS
+    and ~300 ms on the server's first request."""
+    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())
+
+
+def started() -> None:
+    """After start-up: what is alive now (modules, bindings, the schema) lives as long as the process, so the
+    garbage collector stops scanning it. A full collection then no longer stalls every thread for 85-95 ms
+    (measured during one-at-a-time PATCHes, where it made the slowest request)."""
+    gc.collect()
+    gc.freeze()
 
 
 class PortInUse(OSError):

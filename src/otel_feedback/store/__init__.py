@@ -89,7 +89,7 @@ def _unapplied(con: duckdb.DuckDBPyConnection, path: str) -> bool:
     if not wal.files():
         return False
     try:
-        row = con.execute("SELECT applied_lsn FROM _journal").fetchone()
+        row = next(iter(con.execute("SELECT applied_lsn FROM _journal").fetchall()), None)
     except duckdb.Error:
         return False
     applied = int(row[0]) if row else 0
