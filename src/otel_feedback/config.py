@@ -74,7 +74,7 @@ OTEL_FEEDBACK_FORWARD_TO = "OTEL_FEEDBACK_FORWARD_TO"
 OTEL_FEEDBACK_MEMORY_LIMIT = "OTEL_FEEDBACK_MEMORY_LIMIT"
 """Most memory DuckDB may use in ``serve`` (its ``memory_limit``: ``512MB``, ``2GB``...); bigger queries spill
 to a temporary directory next to the file. Default ``512MB`` (DuckDB's own default is 80% of the machine): the
-views over 1 M spans run as fast as with 1GB, and the server's peak RSS under sustained ingest is ~840 MB (about
+views over 1 M spans run as fast as with 1GB, and the server's peak RSS under sustained ingest is ~800 MB (about
 1 GB with 1GB; ~580 MB with 256MB, where the views run 1.3-3x slower)."""
 
 OTEL_FEEDBACK_COMPILED_DECODER = "OTEL_FEEDBACK_COMPILED_DECODER"
