@@ -145,9 +145,8 @@ class QueryEndpoint:
         if max_rows < 1:
             raise InvalidRequest("max_rows: must be >= 1")
         max_rows = min(max_rows, cap)
-        statement = check_sql(sql)
         if fmt == "arrow":
-            table, truncated = await run_in_threadpool(self._arrow, statement, params, max_rows)
+            table, truncated = await run_in_threadpool(self._arrow, sql, params, max_rows)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_table(table)
@@ -157,7 +156,7 @@ class QueryEndpoint:
                 {"X-Otel-Feedback-Truncated": str(truncated).lower()},
                 media_type=ARROW_STREAM,
             )
-        result = await run_in_threadpool(self._rows, statement, params, max_rows)
+        result = await run_in_threadpool(self._rows, sql, params, max_rows)
         headers = {"X-Otel-Feedback-Truncated": str(result.truncated).lower()}
         if fmt == "json":
             json_idx = [i for i, t in enumerate(result.types) if t == "JSON"]
@@ -178,12 +177,14 @@ class QueryEndpoint:
         return Response(data, 200, headers, media_type="application/x-ndjson")
 
     def _run_rolled_back(self, sql: str, fn: Any) -> Any:
+        """``fn(cursor, statement)`` on the one checked statement in ``sql``, in a transaction rolled back after."""
         cur = self.store.cursor()
         try:
+            statement = check_sql(sql, con=cur)  # parsed on this cursor: no default in-memory database
             cur.execute("BEGIN TRANSACTION")
             try:
-                check_read_only(cur, sql)
-                return fn(cur)
+                check_read_only(cur, statement)
+                return fn(cur, statement)
             finally:
                 try:
                     cur.execute("ROLLBACK")
@@ -194,11 +195,11 @@ class QueryEndpoint:
 
     def _rows(self, sql: str, params: Any, max_rows: int) -> Any:
         return self._run_rolled_back(
-            sql, lambda cur: run(cur, sql, params, max_rows=max_rows, timeout_ms=self.settings.query_timeout_ms)
+            sql, lambda cur, st: run(cur, st, params, max_rows=max_rows, timeout_ms=self.settings.query_timeout_ms)
         )
 
     def _arrow(self, sql: str, params: Any, max_rows: int) -> tuple[pa.Table, bool]:
-        def fetch(cur: Any) -> tuple[pa.Table, bool]:
+        def fetch(cur: Any, sql: str) -> tuple[pa.Table, bool]:
             import duckdb
 
             from .errors import QueryError, QueryTimeout
