@@ -17,7 +17,14 @@ from otel_feedback.store.views import VIEWS
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, re.S)
-INTERNAL_VIEWS = {"span_rows", "feedback_targets", "feedback_patches_as_of", "span_feedback_as_of"}
+INTERNAL_VIEWS = {
+    "span_rows",
+    "feedback_targets",
+    "feedback_patches_as_of",
+    "feedback_patches",
+    "span_feedback_as_of",
+    "span_feedback",
+}
 
 
 def test_readme_opens_with_the_two_commands() -> None:
