@@ -199,7 +199,7 @@ class QueryEndpoint:
         )
 
     def _arrow(self, sql: str, params: Any, max_rows: int) -> tuple[pa.Table, bool]:
-        def fetch(cur: Any, sql: str) -> tuple[pa.Table, bool]:
+        def fetch(cur: Any, statement: str) -> tuple[pa.Table, bool]:
             import duckdb
 
             from .errors import QueryError, QueryTimeout
@@ -207,7 +207,7 @@ class QueryEndpoint:
 
             with _Interrupter(cur, self.settings.query_timeout_ms) as guard:
                 try:
-                    rel = cur.sql(sql, params=params)
+                    rel = cur.sql(statement, params=params)
                     json_cols = [n for n, t in zip(rel.columns, rel.types, strict=True) if str(t) == "JSON"]
                     reader = rel.to_arrow_reader(min(max_rows + 1, 65_536))
                     batches = []

@@ -89,10 +89,10 @@ def _unapplied(con: duckdb.DuckDBPyConnection, path: str) -> bool:
     if not wal.files():
         return False
     try:
-        found = con.execute("SELECT applied_lsn FROM _journal").fetchall()
+        row = con.execute("SELECT applied_lsn FROM _journal").fetchone()
     except duckdb.Error:
         return False
-    applied = int(found[0][0]) if found else 0
+    applied = int(row[0]) if row else 0
     return any(lsn > applied for lsn, _ in wal.records(repair=False))
 
 

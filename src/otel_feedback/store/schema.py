@@ -215,10 +215,11 @@ def file_version(con: duckdb.DuckDBPyConnection) -> int:
     """Schema version recorded in the open file (0 for a new, empty file)."""
     exists = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_migrations' AND database_name = current_database()"
-    ).fetchall()[0]
-    if not exists[0]:
+    ).fetchone()
+    if not exists or not exists[0]:
         return 0
-    return int(con.execute("SELECT coalesce(max(version), 0) FROM _migrations").fetchall()[0][0])
+    row = con.execute("SELECT coalesce(max(version), 0) FROM _migrations").fetchone()
+    return int(row[0]) if row else 0
 
 
 def check_version(version: int, path: str, known: int = SCHEMA_VERSION) -> None:

@@ -203,7 +203,7 @@ class Writer:
         self._journal_busy = False
         self._journal_done = journal is None
         self._closed = False
-        # fetchall, not fetchone: a result left unfinished makes DuckDB refuse the next register() (see insert)
+        # fetchall, not fetchone: the writer thread's first insert registers a table right after this (see insert)
         self._next_seq = int(con.execute("SELECT coalesce(max(seq), 0) FROM feedback_log").fetchall()[0][0]) + 1
         self._applied_lsn = self._acked_lsn = journal.last_lsn if journal is not None else 0
         self.stats = WriterStats()
@@ -573,8 +573,9 @@ def insert(
     multi-statement call (BEGIN, the inserts, the LSN, COMMIT): each call into DuckDB has a fixed cost, a table
     registered inside a transaction costs ~1.4 ms more, and unregistering one ~1.8 ms (see
     ``_KEEP_REGISTERED_BYTES``). A one-row feedback apply took 6.4-6.9 ms as separate calls, 5.6-6.0 ms this way
-    (2 M spans in the file). DuckDB refuses register() while a result on the connection is unfinished (a
-    ``fetchone()`` that left rows): read with ``fetchall()`` on the writer's connection."""
+    (2 M spans in the file). DuckDB refuses register() while the connection's last result is unfinished (a
+    ``fetchone()`` that left rows; a later ``execute`` ends it): the statements that run right before inserts on
+    this connection, the replay's and the Writer's opening query, read with ``fetchall()``."""
     statements = ["BEGIN TRANSACTION"]
     registered: list[tuple[str, int]] = []
     try:
