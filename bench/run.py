@@ -525,6 +525,26 @@ class Bench:
         # for a delayed ACK (httpx leaves Nagle on, which alone adds ~40 ms to some requests)
         nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         self.http = httpx.Client(base_url=server.http_url, timeout=120, transport=nodelay)
+        self.phase = "start"
+        self.rss_by_phase: dict[str, float] = {}
+        """Highest VmRSS seen in each phase (sampled every 0.2 s), MB: which phase makes the peak."""
+        self._sampling = threading.Event()
+        threading.Thread(target=self._sample_rss, daemon=True).start()
+
+    def _sample_rss(self) -> None:
+        while not self._sampling.wait(0.2):
+            try:
+                rss = self.server.memory_mb()["VmRSS"]
+            except (OSError, KeyError):
+                return
+            self.rss_by_phase[self.phase] = max(rss, self.rss_by_phase.get(self.phase, 0.0))
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+
+    def stop_sampling(self) -> dict[str, float]:
+        self._sampling.set()
+        return {k: round(v, 1) for k, v in self.rss_by_phase.items()}
 
     def say(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.2f}] {msg}", flush=True)
@@ -854,19 +874,25 @@ def main(argv: list[str] | None = None) -> int:
         b = Bench(args, server)
         b.say(f"serve pid {server.pid}: gRPC {server.grpc_target}, HTTP {server.http_url}, file {server.db}")
         s = args.seconds
+        b.enter("ingest_raw")
         r["ingest_raw"] = b.senders("raw", args.senders, s, 10**9, warmup=min(2.0, s / 4))
+        b.enter("ingest_sdk")
         r["ingest_sdk"] = b.senders("sdk", args.sdk_senders, s * 0.75, 10**9, warmup=min(2.0, s / 4))
         missing = args.spans - b.acked_spans
         if missing > 0:
+            b.enter("fill")
             r["fill"] = b.senders("raw", args.senders, max(s, 300.0), missing)
         r["rss_ingest_mb"] = server.memory_mb()["VmHWM"]
         r["cpu_s_per_1000_spans"] = 1000 * b.cpu_seconds / max(1, b.cpu_spans)
+        b.enter("feedback")
         r["batch"] = b.feedback_batch(args.batch_items, 1000)
         r["patch"] = b.feedback_patch(args.patches)
         r["visible"] = b.feedback_visible(args.visible)
         rows, _ = b.query("SELECT count(*) FROM span_log")
         r["spans_at_queries"] = rows[0][0]
+        b.enter("queries_idle")
         r["queries_idle"] = b.queries(args.reps)
+        b.enter("queries_load")
         load_seconds = max(s, 60.0 if not args.quick else s)
         r["ingest_load"] = b.senders(
             "raw", 2, load_seconds, 10**9, rate=args.load_rate, warmup=1.0, during=lambda: b.queries(args.reps)
@@ -877,6 +903,8 @@ def main(argv: list[str] | None = None) -> int:
         r["spans_acked"] = b.acked_spans
         mem = server.memory_mb()
         r["rss_peak_mb"] = mem["VmHWM"]
+        r["rss_by_phase_mb"] = b.stop_sampling()
+        b.say("VmRSS peak by phase, MB: " + ", ".join(f"{k} {v:,.0f}" for k, v in r["rss_by_phase_mb"].items()))
         b.http.close()
         b.say("stopping the server (clean stop: checkpoint)")
         r["server_exit"] = server.stop()

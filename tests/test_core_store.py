@@ -34,7 +34,7 @@ from otel_feedback.errors import (
 )
 from otel_feedback.feedback import to_table
 from otel_feedback.model import SPAN_SCHEMA, FeedbackRow
-from otel_feedback.store import SCHEMA_VERSION, Store
+from otel_feedback.store import ROW_GROUP_ROWS, SCHEMA_VERSION, Store
 from otel_feedback.store.schema import MIGRATIONS, Migration, migrate
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -239,6 +239,47 @@ def test_read_only_open_while_this_process_writes_the_file_shares_it(path: Path)
                 reader.submit({"span_log": span_table(1, "x")})
     finally:
         writer.close()
+
+
+def test_the_file_is_written_in_small_row_groups(path: Path) -> None:
+    """Row groups of ``ROW_GROUP_ROWS`` rows, not DuckDB's 122,880: a checkpoint then rewrites no group twice."""
+    with Store(path) as s:
+        for i in range(3):
+            s.submit({"span_log": span_table(15_000, f"g{i}")}).result(WAIT_S)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        groups = con.execute(
+            "SELECT row_group_id, max(\"count\") FROM pragma_storage_info('span_log') GROUP BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert len(groups) >= 45_000 // ROW_GROUP_ROWS
+    assert all(rows <= ROW_GROUP_ROWS for _, rows in groups)
+
+
+def test_two_read_write_stores_of_one_file_share_its_instance_until_both_close(path: Path) -> None:
+    first = Store(path)
+    second = Store(path)
+    try:
+        first.submit({"span_log": span_table(2, "a")}).result(WAIT_S)
+        assert second.query("SELECT count(*) FROM span_log").rows == [(2,)]
+        first.close()
+        assert second.query("SELECT count(*) FROM span_log").rows == [(2,)]
+    finally:
+        first.close()
+        second.close()
+    # released: another process can open the file now
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb; print(duckdb.connect({str(path)!r}).execute('SELECT count(*) FROM span_log').fetchone()[0])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert out.stdout.strip() == "2", out.stderr
 
 
 # -- the writer ----------------------------------------------------------------------------------------

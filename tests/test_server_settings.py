@@ -17,7 +17,7 @@ def test_the_server_bounds_duckdb_memory(tmp_path: Path) -> None:
     try:
         rows = sql(srv, "SELECT current_setting('memory_limit') AS m, current_setting('checkpoint_threshold') AS c")
         assert rows[0]["m"] in ("256.0 MB", "244.1 MiB")
-        assert rows[0]["c"] in ("244.1 MiB", "256.0 MB")
+        assert rows[0]["c"] in ("30.5 MiB", "32.0 MB")
     finally:
         srv.stop()
 
@@ -31,3 +31,20 @@ def test_default_memory_limit_is_one_gigabyte() -> None:
 def test_a_bad_memory_limit_is_refused_naming_the_variable(bad: str) -> None:
     with pytest.raises(ConfigError, match="OTEL_FEEDBACK_MEMORY_LIMIT"):
         Settings.load(env={"OTEL_FEEDBACK_MEMORY_LIMIT": bad})
+
+
+def test_checkpoint_threshold_is_a_setting(tmp_path: Path) -> None:
+    assert Settings.load(env={}).checkpoint_threshold == "32MB"
+    srv = make_server(tmp_path / "c.duckdb", checkpoint_threshold="64MB")
+    try:
+        rows = sql(srv, "SELECT current_setting('checkpoint_threshold') AS c")
+        assert rows[0]["c"] in ("61.0 MiB", "64.0 MB")
+    finally:
+        srv.stop()
+    assert Settings.load(env={"OTEL_FEEDBACK_CHECKPOINT_THRESHOLD": "1GB"}).checkpoint_threshold == "1GB"
+
+
+@pytest.mark.parametrize("bad", ["often", "-1MB", ""])
+def test_a_bad_checkpoint_threshold_is_refused_naming_the_variable(bad: str) -> None:
+    with pytest.raises(ConfigError, match="OTEL_FEEDBACK_CHECKPOINT_THRESHOLD"):
+        Settings.load(env={"OTEL_FEEDBACK_CHECKPOINT_THRESHOLD": bad})

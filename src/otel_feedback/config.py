@@ -77,6 +77,11 @@ to a temporary directory next to the file. Default ``512MB`` (DuckDB's own defau
 views over 1 M spans run as fast as with 1GB, and the server's peak RSS under sustained ingest is ~800 MB (about
 1 GB with 1GB; ~580 MB with 256MB, where the views run 1.3-3x slower)."""
 
+OTEL_FEEDBACK_CHECKPOINT_THRESHOLD = "OTEL_FEEDBACK_CHECKPOINT_THRESHOLD"
+"""How much DuckDB write-ahead log ``serve`` lets grow before DuckDB checkpoints it into the file (DuckDB's
+``checkpoint_threshold``). Rows appended since the last checkpoint are held in memory, so this bounds the
+server's memory under sustained ingest. Default ``32MB``."""
+
 OTEL_FEEDBACK_COMPILED_DECODER = "OTEL_FEEDBACK_COMPILED_DECODER"
 """``false`` decodes OTLP traces in Python even where the compiled decoder is built (for comparison: decoding is
 about 4x slower, server ingest about half as fast). Default ``true``; ``otel-feedback serve`` says at start which decoder it uses."""
@@ -137,6 +142,7 @@ class Settings:
     query_timeout_ms: int = 30_000
     forward_to: str | None = None
     memory_limit: str = "512MB"
+    checkpoint_threshold: str = "32MB"
     compiled_decoder: bool = True
     journal: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -197,10 +203,10 @@ class Settings:
             )
         if not self.db:
             raise ConfigError("OTEL_FEEDBACK_DB must not be empty")
-        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", self.memory_limit, re.I):
-            raise ConfigError(
-                f"OTEL_FEEDBACK_MEMORY_LIMIT must be a size such as 512MB or 2GB, got {self.memory_limit!r}"
-            )
+        for name in ("memory_limit", "checkpoint_threshold"):
+            value = getattr(self, name)
+            if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", value, re.I):
+                raise ConfigError(f"OTEL_FEEDBACK_{name.upper()} must be a size such as 512MB or 2GB, got {value!r}")
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""

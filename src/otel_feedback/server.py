@@ -161,9 +161,7 @@ class Server:
                 lockdown=True,
                 memory_limit=s.memory_limit,
                 journal=s.journal,
-                # fewer, larger checkpoints: less writer CPU per span under sustained ingest (the WAL replayed
-                # after a crash grows accordingly)
-                checkpoint_threshold="256MB",
+                checkpoint_threshold=s.checkpoint_threshold,
             )
             if s.forward_to:
                 self._forwarder = Forwarder(s.forward_to)

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from ..errors import SchemaError
-from . import Store, _open
+from . import Store, _open, _release
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def compact(path: str | os.PathLike[str]) -> Compacted:
     tmp = p.with_name(p.name + ".compacting")
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
         leftover.unlink(missing_ok=True)
-    hold = _open(str(p), read_only=True)  # holds the file against writers until the swap is done
+    hold, inst = _open(str(p), read_only=True)  # holds the file against writers until the swap is done
     try:
         con = duckdb.connect(str(tmp))
         try:
@@ -78,4 +78,5 @@ def compact(path: str | os.PathLike[str]) -> Compacted:
         raise
     finally:
         hold.close()
+        _release(str(p), inst)
     return Compacted(str(p), before, _size(p), want)
