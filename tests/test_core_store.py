@@ -257,6 +257,11 @@ def test_the_file_is_written_in_small_row_groups(path: Path) -> None:
     assert all(rows <= ROW_GROUP_ROWS for _, rows in groups)
 
 
+def test_spills_go_next_to_the_file(path: Path) -> None:
+    with Store(path) as s:
+        assert s.query("SELECT current_setting('temp_directory')").rows == [(f"{path}.tmp",)]
+
+
 def test_two_read_write_stores_of_one_file_share_its_instance_until_both_close(path: Path) -> None:
     first = Store(path)
     second = Store(path)

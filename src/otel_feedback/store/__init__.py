@@ -98,7 +98,8 @@ def _attach(path: str) -> _Instance:
     database, named after the file as ``duckdb.connect(path)`` would name it."""
     stem = Path(path).name.split(".")[0]
     catalog = stem if stem.lower() not in _RESERVED_CATALOGS else "otel_feedback"
-    root = duckdb.connect(":memory:")
+    # spills go next to the file, as they do for duckdb.connect(path) (an in-memory root's default is ./.tmp)
+    root = duckdb.connect(":memory:", config={"temp_directory": f"{path}.tmp"})
     try:
         quoted = path.replace("'", "''")
         root.execute(f"ATTACH '{quoted}' AS {_ident(catalog)} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
