@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "_version": 0,
     "errors": 0,
     "ids": 0,
+    "procmem": 0,
     "model": 0,
     "_pb": 0,
     "config": 1,
