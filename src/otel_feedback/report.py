@@ -157,8 +157,15 @@ def collect(
         trend = [_numbers(r) for r in view("feedback_by_hour")]
     for r in trend:
         r["bucket"] = r.pop(unit)
-    worst_rows = view("worst_traces", f"\nLIMIT {int(worst)}") if worst > 0 else []
-    worst_total = rows(f"SELECT count(*) AS n FROM (\n{view_body('worst_traces')}\n) w")[0]["n"]
+    # worst_traces computes its own traces with feedback and annotations (once each, not through those views), so
+    # the scope is a condition on its rows: their start_time and service_name are the trace's, as in traces
+    worst_sql = f"SELECT * FROM (\n{view_body('worst_traces')}\n) w" + (f"\nWHERE {where}" if where else "")
+    worst_rows = (
+        rows(f"{worst_sql}\nORDER BY user_feedback_rating ASC NULLS LAST, start_time DESC, trace_id LIMIT {int(worst)}")
+        if worst > 0
+        else []
+    )
+    worst_total = rows(f"SELECT count(*) AS n FROM (\n{worst_sql}\n) w")[0]["n"]
     pending = rows(
         f"SELECT count(*) AS n FROM (\n{view_body('review_queue')}\n) q "
         "WHERE q.trace_id IN (SELECT trace_id FROM traces)"
