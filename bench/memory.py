@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         peak = status_mb(server.pid)["VmHWM"]
         duck_peak = max((sum(s["duckdb"].values()) for s in samples), default=0.0)
         print(
-            f"ingest {res['spans_per_s']:,.0f} spans/s ({res['spans']:,} spans); VmHWM {peak:.0f} MB; "
+            f"ingest {res['spans_per_s']:,.0f} spans/s ({res['spans']:,} spans, server CPU "
+            f"{1000 * res['server_cpu_s'] / max(1, res['spans']):.4f} s per 1,000); VmHWM {peak:.0f} MB; "
             f"DuckDB at most {duck_peak:.0f} MB in the samples"
         )
         b.http.close()

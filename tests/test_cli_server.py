@@ -55,10 +55,10 @@ def test_query_and_export_fall_back_to_the_server_holding_the_file(tmp_path: Pat
             assert sp.terminate() == 0
 
 
-def test_serve_keeps_pandas_out_of_its_process(tmp_path: Path) -> None:
+def test_serve_keeps_pandas_and_numpy_out_of_its_process(tmp_path: Path) -> None:
     """pyarrow imports pandas (when installed, as it is with the test dependencies) on its first conversion of a
-    Python list; ``serve`` refuses that import, which cost 42 MB of RSS and ~300 ms on the first request. After a
-    span export, a PATCH and a query, no pandas extension module is mapped into the server."""
+    Python list, and numpy at its own import; ``serve`` refuses both (42 and 54 MB of RSS). After a span export,
+    a PATCH and a query, no pandas or numpy extension module is mapped into the server, and it answered."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
         pytest.skip("needs /proc (Linux)")
@@ -78,6 +78,7 @@ def test_serve_keeps_pandas_out_of_its_process(tmp_path: Path) -> None:
         assert q.json()["rows"] == [["positive"]]
         mapped = Path(f"/proc/{served.proc.pid}/maps").read_text()
         assert "/pandas/" not in mapped
+        assert "/numpy/" not in mapped and "/numpy.libs/" not in mapped
         assert "/pyarrow/" in mapped  # the check looks at the right process
     finally:
         assert served.terminate() == 0

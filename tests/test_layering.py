@@ -17,6 +17,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "ids": 0,
     "procmem": 0,
+    "keepout": 0,
     "model": 0,
     "_pb": 0,
     "config": 1,
@@ -36,7 +37,8 @@ LAYERS: dict[str, int] = {
     "report": 8,
     "demo": 9,
     "cli": 10,
-    "__main__": 11,
+    "__main__": 12,
+    "launch": 11,
     "__init__": 11,
 }
 
@@ -98,3 +100,17 @@ def test_the_checker_sees_relative_and_absolute_imports() -> None:
     text = "from .. import server\nfrom ..cli import cli\nfrom . import query\nimport otel_feedback.demo\n"
     assert _imports(text, in_subpackage=True) == {"server", "cli", "demo"}
     assert _imports("from . import feedback as fb\nfrom .store import Store\n", False) == {"feedback", "store"}
+
+
+def test_every_public_name_resolves_and_importing_the_package_loads_no_duckdb() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, otel_feedback as o\n"
+        "heavy = [m for m in ('duckdb', 'pyarrow', 'grpc') if m in sys.modules]\n"
+        "missing = [n for n in o.__all__ if getattr(o, n, None) is None]\n"
+        "print(heavy, missing)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[] []", out.stdout + out.stderr

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import orjson
 import uvicorn
 
 from . import feedback as fb
-from . import procmem
+from . import keepout, procmem
 from .api import Api
 from .config import Settings
 from .errors import ConfigError, InvalidRequest
@@ -37,27 +36,15 @@ from .store import Store
 _log = logging.getLogger(__name__)
 
 
-class _NoPandas:
-    """An import finder that refuses pandas (see :func:`dedicated_process`)."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("otel-feedback serve keeps pandas out of its process", name=name)
-        return None
-
-
 def dedicated_process() -> None:
     """Process-wide settings for ``otel-feedback serve`` (a process that only serves), not for apps that embed
     :class:`Server`. Call before :meth:`Server.start`; call :func:`started` after it.
 
-    pandas is kept out. pyarrow imports it, when it is installed, on its first conversion of a Python list,
-    only to check whether the values are pandas objects, which this server never has: that was 42 MB of RSS
-    and ~300 ms on the server's first request.
-
-    The allocators are told to give memory back (:mod:`.procmem`)."""
+    pandas, and numpy where it is not imported yet, are kept out (:mod:`.keepout`; the ``otel-feedback``
+    entry point does it before anything imports pyarrow), and the allocators are told to give memory back
+    (:mod:`.procmem`)."""
+    keepout.install()
     procmem.configure()
-    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
-        sys.meta_path.insert(0, _NoPandas())
 
 
 def started() -> None:
