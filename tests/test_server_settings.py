@@ -22,7 +22,7 @@ def test_the_server_bounds_duckdb_memory(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_default_memory_limit_is_one_gigabyte() -> None:
+def test_default_memory_limit_is_512_megabytes() -> None:
     assert Settings.load(env={}).memory_limit == "512MB"
     assert Settings.load(env={"OTEL_FEEDBACK_MEMORY_LIMIT": "2GB"}).memory_limit == "2GB"
 
@@ -48,3 +48,24 @@ def test_checkpoint_threshold_is_a_setting(tmp_path: Path) -> None:
 def test_a_bad_checkpoint_threshold_is_refused_naming_the_variable(bad: str) -> None:
     with pytest.raises(ConfigError, match="OTEL_FEEDBACK_CHECKPOINT_THRESHOLD"):
         Settings.load(env={"OTEL_FEEDBACK_CHECKPOINT_THRESHOLD": bad})
+
+
+def test_a_query_out_of_memory_names_the_setting_to_raise(tmp_path: Path) -> None:
+    import httpx
+
+    srv = make_server(tmp_path / "o.duckdb", memory_limit="32MB")
+    try:
+        r = httpx.post(
+            f"{srv.http_url}/v1/query",
+            json={"sql": "SELECT list(x || 'padding to make it big') AS l FROM range(5000000) t(x)"},
+            timeout=60,
+        )
+        body = r.json()
+        assert r.status_code == 400 and not body["ok"], body
+        assert "Out of Memory" in body["error"] and "OTEL_FEEDBACK_MEMORY_LIMIT" in body["error"], body["error"]
+        assert "SET memory_limit" not in body["error"]  # DuckDB's advice cannot be followed on a locked server
+        # the server goes on answering
+        ok = httpx.post(f"{srv.http_url}/v1/query", json={"sql": "SELECT 1 AS one"}, timeout=60).json()
+        assert ok["rows"] == [[1]]
+    finally:
+        srv.stop()

@@ -28,7 +28,7 @@ from .config import Settings
 from .errors import InvalidRequest, QueryRejected
 from .output import dumps, iter_delimited, iter_ndjson
 from .store import Store
-from .store.query import check_sql, run
+from .store.query import check_sql, clean_error, run
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 FORMATS = {"json": "application/json", "csv": "text/csv", "ndjson": "application/x-ndjson", "arrow": ARROW_STREAM}
@@ -224,7 +224,7 @@ class QueryEndpoint:
                             f"the query ran longer than {self.settings.query_timeout_ms} ms and was stopped "
                             "(raise OTEL_FEEDBACK_QUERY_TIMEOUT_MS)"
                         ) from None
-                    raise QueryError(str(exc)) from None
+                    raise QueryError(clean_error(exc)) from None
             if json_cols:  # Arrow has no JSON type here: name the columns that hold JSON text
                 table = table.replace_schema_metadata(
                     {**(table.schema.metadata or {}), JSON_COLUMNS: orjson.dumps(json_cols)}

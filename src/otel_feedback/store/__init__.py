@@ -354,7 +354,7 @@ class Store:
             return rel.to_arrow_reader(batch_rows), json_cols
         except duckdb.Error as exc:
             cur.close()
-            raise QueryError(str(exc)) from None
+            raise QueryError(_query.clean_error(exc)) from None
 
     # -- lifecycle -----------------------------------------------------------------------------
 

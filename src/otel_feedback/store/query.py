@@ -39,7 +39,7 @@ def check_sql(
     try:
         statements = (con or duckdb).extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(_clean(exc)) from None
+        raise QueryError(clean_error(exc)) from None
     if len(statements) != 1:
         raise QueryRejected(f"send exactly one SQL statement; got {len(statements)}")
     st = statements[0]
@@ -54,9 +54,17 @@ def check_sql(
     return st.query
 
 
-def _clean(exc: BaseException) -> str:
+def clean_error(exc: BaseException) -> str:
     """DuckDB's message without the exception class prefix noise, on one line where it can be."""
     text = str(exc).strip()
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        # DuckDB's advice (SET memory_limit, SET threads) cannot be followed on a server's locked configuration
+        first = text.splitlines()[0] if text else "Out of Memory Error"
+        return (
+            f"{first}. The query needs more memory than DuckDB may use here: for `otel-feedback serve` raise "
+            "OTEL_FEEDBACK_MEMORY_LIMIT (default 512MB); bigger aggregations and sorts spill to <db>.tmp, but not "
+            "every operator can."
+        )
     return text
 
 
@@ -127,7 +135,7 @@ def run(
                 raise QueryTimeout(
                     f"the query ran longer than {timeout_ms} ms and was stopped (raise {timeout_setting})"
                 ) from None
-            raise QueryError(_clean(exc)) from None
+            raise QueryError(clean_error(exc)) from None
     return Result(columns=columns, types=types, rows=rows, truncated=truncated)
 
 
@@ -146,7 +154,7 @@ def stream(
         cur = con.execute(sql, params or None)
     except duckdb.Error as exc:
         con.close()
-        raise QueryError(_clean(exc)) from None
+        raise QueryError(clean_error(exc)) from None
     columns = [d[0] for d in cur.description] if cur.description else []
     types = [str(d[1]) for d in cur.description] if cur.description else []
 
@@ -156,7 +164,7 @@ def stream(
                 try:
                     rows = cur.fetchmany(chunk_rows)
                 except duckdb.Error as exc:
-                    raise QueryError(_clean(exc)) from None
+                    raise QueryError(clean_error(exc)) from None
                 if not rows:
                     return
                 yield rows

@@ -177,7 +177,7 @@ class Writer:
         queue_rows: int,
         commit_rows: int,
         journal: Journal | None = None,
-        lag_rows: int = 20_000,
+        lag_rows: int = 10_000,  # 20,000 held ~27 MB more at peak for ~5-10 % more ingest
         apply_rows: int = 5_000,
         apply_linger_s: float = 1.0,
     ) -> None:
