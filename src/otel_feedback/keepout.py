@@ -5,7 +5,8 @@ them only because they are installed.
   the values are pandas objects: 42 MB of RSS and ~300 ms on the server's first request.
 - numpy: pyarrow and DuckDB import it at their own import when installed, and nothing the server does needs it
   (pyarrow and DuckDB work without it): 54 MB of RSS (35 MB anonymous, much of it OpenBLAS's buffers, and
-  18 MB of mapped libraries) in a process whose whole idle RSS was ~185 MB.
+  18 MB of mapped libraries), measured in a process that imported the server's modules and ran a query: 184 ->
+  130 MB.
 
 This module imports nothing heavy, so the ``otel-feedback`` entry point can install the refusal before anything
 imports pyarrow (:mod:`.launch`).

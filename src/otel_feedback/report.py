@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import InvalidRequest
-from .store.views import VIEWS
+from .store.views import VIEWS, WORST_TRACES_ORDER
 
 RunSql = Callable[[str, dict[str, Any]], list[dict[str, Any]]]
 """Runs one read-only SQL statement with ``$name`` parameters; the rows as dicts."""
@@ -160,11 +160,7 @@ def collect(
     # worst_traces computes its own traces with feedback and annotations (once each, not through those views), so
     # the scope is a condition on its rows: their start_time and service_name are the trace's, as in traces
     worst_sql = f"SELECT * FROM (\n{view_body('worst_traces')}\n) w" + (f"\nWHERE {where}" if where else "")
-    worst_rows = (
-        rows(f"{worst_sql}\nORDER BY user_feedback_rating ASC NULLS LAST, start_time DESC, trace_id LIMIT {int(worst)}")
-        if worst > 0
-        else []
-    )
+    worst_rows = rows(f"{worst_sql}\nORDER BY {WORST_TRACES_ORDER} LIMIT {int(worst)}") if worst > 0 else []
     worst_total = rows(f"SELECT count(*) AS n FROM (\n{worst_sql}\n) w")[0]["n"]
     pending = rows(
         f"SELECT count(*) AS n FROM (\n{view_body('review_queue')}\n) q "

@@ -66,11 +66,15 @@ class _Instance:
         self.catalog = catalog
         self.users = 0
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        con = self.root.cursor()
+    def use(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        """``con`` (a cursor of this instance) reading the file: a new cursor starts in DuckDB's in-memory default
+        database (one ``USE``, ~80 us)."""
         con.execute(f"USE {_ident(self.catalog)}")
+        return con
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
         self.users += 1
-        return _quiet(con)
+        return _quiet(self.use(self.root.cursor()))
 
 
 _INSTANCES: dict[str, _Instance] = {}
@@ -81,7 +85,8 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _locked(path: str, exc: duckdb.Error) -> Exception:
+def _open_error(path: str, exc: duckdb.Error) -> Exception:
+    """Why ``path`` could not be opened: :class:`DatabaseLocked` when another process holds it."""
     text = str(exc)
     m = _LOCK_RE.search(text)
     if m:
@@ -107,7 +112,7 @@ def _attach(path: str) -> _Instance:
         root.execute(f"USE {_ident(catalog)}")
     except duckdb.Error as exc:
         root.close()
-        raise _locked(path, exc) from None
+        raise _open_error(path, exc) from None
     return _Instance(root, catalog)
 
 
@@ -128,10 +133,8 @@ def _open(path: str, read_only: bool) -> tuple[duckdb.DuckDBPyConnection, _Insta
                 return inst.connect(), inst
     try:
         return _quiet(duckdb.connect(path, read_only=read_only)), None
-    except duckdb.IOException as exc:
-        raise _locked(path, exc) from None
     except duckdb.Error as exc:
-        raise SchemaError(f"cannot open {path}: {exc}") from None
+        raise _open_error(path, exc) from None
 
 
 def _release(path: str, inst: _Instance | None) -> None:
@@ -304,16 +307,15 @@ class Store:
         """A connection of its own for reading on the calling thread (close it when done). It sees every write
         acknowledged before the call: with the journal, this waits until DuckDB has them (a commit's time)."""
         # Its own writer, and the journaling writer of the file in this process when that is another Store's.
-        for writer in {id(w): w for w in (self.writer, _LIVE_WRITERS.get(_key(self.path))) if w}.values():
-            if not writer.wait_applied():
+        live = _LIVE_WRITERS.get(_key(self.path))
+        for writer in (self.writer, live if live is not self.writer else None):
+            if writer is not None and not writer.wait_applied():
                 _log.warning("otel-feedback: the writer is behind by more than 10 s; this query may miss recent writes")
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is closed")
             cur = self._con.cursor()
-        if self._instance is not None:  # a new connection starts in DuckDB's default in-memory database
-            cur.execute(f"USE {_ident(self._instance.catalog)}")
-        return cur
+        return self._instance.use(cur) if self._instance is not None else cur
 
     def query(
         self,

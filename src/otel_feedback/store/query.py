@@ -9,6 +9,7 @@ from typing import Any
 
 import duckdb
 
+from ..config import Settings
 from ..errors import QueryError, QueryRejected, QueryTimeout
 
 READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
@@ -62,8 +63,8 @@ def clean_error(exc: BaseException) -> str:
         first = text.splitlines()[0] if text else "Out of Memory Error"
         return (
             f"{first}. The query needs more memory than DuckDB may use here: for `otel-feedback serve` raise "
-            "OTEL_FEEDBACK_MEMORY_LIMIT (default 512MB); bigger aggregations and sorts spill to <db>.tmp, but not "
-            "every operator can."
+            f"OTEL_FEEDBACK_MEMORY_LIMIT (default {Settings.memory_limit}); bigger aggregations and sorts spill to "
+            "<db>.tmp, but not every operator can."
         )
     return text
 

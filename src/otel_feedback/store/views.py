@@ -20,13 +20,13 @@ def _fill(template: str, **parts: str) -> str:
     return template
 
 
-FEEDBACK = """
-CREATE OR REPLACE VIEW feedback AS
+_FEEDBACK_BODY = """
 -- the first copy of each record (a retry with the same id changes nothing): no earlier copy exists. As a
 -- join, a filter on the target (trace_id) reaches feedback_log, so one trace's feedback is read alone.
 SELECT f.* FROM feedback_log f
 ANTI JOIN feedback_log e ON e.feedback_id = f.feedback_id AND e.seq < f.seq
 """
+FEEDBACK = "CREATE OR REPLACE VIEW feedback AS" + _FEEDBACK_BODY
 
 SPAN_ROWS = """
 CREATE OR REPLACE VIEW span_rows AS
@@ -344,11 +344,11 @@ TRACES = "CREATE OR REPLACE VIEW traces AS\n" + _TRACES_BODY.format(scope="TRUE"
 _FEEDBACK_SCOPE = (
     # the traces with any feedback (a superset of those with negative feedback), so that worst_traces
     # aggregates those traces' spans, not every span
-    "trace_id IN (SELECT trace_id FROM feedback_targets "
+    "trace_id IN (SELECT trace_id FROM {targets} "
     "UNION ALL SELECT trace_id FROM span_log WHERE feedback_attributes IS NOT NULL)"
 )
 FEEDBACK_TRACES = "CREATE OR REPLACE VIEW feedback_traces AS\n" + _TRACES_BODY.format(
-    scope=_FEEDBACK_SCOPE, span_feedback="span_feedback"
+    scope=_FEEDBACK_SCOPE.format(targets="feedback_targets"), span_feedback="span_feedback"
 )
 
 
@@ -434,15 +434,11 @@ LEFT JOIN io USING (trace_id)
 LEFT JOIN evals e USING (trace_id)
 LEFT JOIN child_feedback c USING (trace_id)
 LEFT JOIN expected x USING (trace_id)
-ORDER BY t.user_feedback_rating ASC NULLS LAST, t.start_time DESC, t.trace_id
+ORDER BY {order}
 """
 
-
-def _body(ddl: str) -> str:
-    """The SELECT of a ``CREATE OR REPLACE VIEW name AS`` statement."""
-    head, sep, body = ddl.partition(" AS")
-    assert sep and head.lstrip().startswith("CREATE OR REPLACE VIEW"), head
-    return body
+WORST_TRACES_ORDER = "user_feedback_rating ASC NULLS LAST, start_time DESC, trace_id"
+"""The order of ``worst_traces`` (its output columns), for queries that filter its rows and keep it."""
 
 
 # worst_traces computes the feedback, its targets, the annotations, the patches, the spans' feedback state and
@@ -453,13 +449,15 @@ def _body(ddl: str) -> str:
 # 96MB, and 0.34 -> 0.24-0.28 s. A filter on its rows (a trace, a service) no longer reaches inside.
 WORST_TRACES = f"""
 CREATE OR REPLACE VIEW worst_traces AS
-WITH w_feedback AS MATERIALIZED ({_body(FEEDBACK)}
+WITH w_feedback AS MATERIALIZED ({_FEEDBACK_BODY}
 ), w_targets AS MATERIALIZED ({_fill(_TARGETS_BODY, feedback="w_feedback")}
 ), w_annotations AS MATERIALIZED ({_fill(_ANNOTATIONS_BODY, feedback="w_feedback", targets="w_targets")}
 ), w_patches AS MATERIALIZED ({_fill(_PATCHES_BODY, feedback="w_feedback", targets="w_targets")}
 ), w_span_feedback AS MATERIALIZED ({_fill(_SPAN_FEEDBACK_BODY, patches="w_patches", arrived="")}
-), w_traces AS MATERIALIZED ({_TRACES_BODY.format(scope=_FEEDBACK_SCOPE.replace("feedback_targets", "w_targets"), span_feedback="w_span_feedback")}
-), {_WORST_BODY.strip()}"""
+), w_traces AS MATERIALIZED ({
+    _TRACES_BODY.format(scope=_FEEDBACK_SCOPE.format(targets="w_targets"), span_feedback="w_span_feedback")
+}
+), {_fill(_WORST_BODY, order=WORST_TRACES_ORDER).strip()}"""
 
 JUDGE_AGREEMENT = """
 CREATE OR REPLACE VIEW judge_agreement AS
