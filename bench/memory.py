@@ -65,24 +65,40 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     row.update(status_mb(server.pid))
                     tags, _ = b.query(
-                        "SELECT tag, memory_usage_bytes / 1e6 FROM duckdb_memory() WHERE memory_usage_bytes > 0"
+                        "SELECT tag, memory_usage_bytes / 1e6 FROM duckdb_memory() WHERE memory_usage_bytes > 0 "
+                        "UNION ALL SELECT 'spilled', sum(size) / 1e6 FROM duckdb_temporary_files() HAVING sum(size) > 0"
                     )
                 except Exception as exc:  # a sample missed is printed, not fatal
                     row["error"] = str(exc)[:80]
                     tags = []
-                row["duckdb"] = {tag: round(mb, 1) for tag, mb in tags}
+                row["duckdb"] = {tag: round(mb, 1) for tag, mb in tags if tag != "spilled"}
+                row["spilled"] = round(sum(mb for tag, mb in tags if tag == "spilled"), 1)
                 samples.append(row)
                 top = sorted(row["duckdb"].items(), key=lambda kv: -kv[1])[:3]
                 print(
                     f"{row['t']:6.1f}s {row['phase']:8} rss {row.get('VmRSS', 0):6.0f} anon {row.get('RssAnon', 0):6.0f}"
                     f" file {row.get('RssFile', 0):5.0f} | duckdb {sum(row['duckdb'].values()):6.0f}: "
-                    + ", ".join(f"{k} {v:.0f}" for k, v in top),
+                    + ", ".join(f"{k} {v:.0f}" for k, v in top)
+                    + (f" | spilled to <db>.tmp {row['spilled']:.0f}" if row["spilled"] else ""),
                     flush=True,
                 )
 
+        fast: list[tuple[str, float]] = []
+
+        def sample_fast() -> None:  # VmRSS alone, 100 times a second: the peaks between the slow samples
+            status = Path(f"/proc/{server.pid}/status")
+            while not stop.wait(0.01):
+                try:
+                    line = next(x for x in status.read_text().splitlines() if x.startswith("VmRSS"))
+                except (OSError, StopIteration):
+                    continue
+                fast.append((b.phase, int(line.split()[1]) / 1024))
+
         threading.Thread(target=sample, daemon=True).start()
+        threading.Thread(target=sample_fast, daemon=True).start()
         b.enter("ingest")
         res = b.senders("raw", args.senders, args.seconds, 10**9, rate=args.rate, warmup=2.0)
+        hwm_ingest = status_mb(server.pid)["VmHWM"]
         b.enter("queries")
         for _ in range(args.query_rounds):
             b.queries(1)
@@ -91,6 +107,25 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         peak = status_mb(server.pid)["VmHWM"]
         duck_peak = max((sum(s["duckdb"].values()) for s in samples), default=0.0)
+        quick = sorted(v for phase, v in fast[300:] if phase == "ingest")
+        if quick:
+            print(
+                "under ingest, VmRSS at 100 Hz: "
+                + ", ".join(f"p{q} {quick[min(len(quick) - 1, len(quick) * q // 100)]:.0f}" for q in (50, 90, 99))
+                + f", max {quick[-1]:.0f} MB"
+            )
+        steady = [r for r in samples if r["phase"] == "ingest" and r["t"] > 3 and "VmRSS" in r]
+        if steady:
+
+            def med(values: list[float]) -> float:
+                return sorted(values)[len(values) // 2]
+
+            print(
+                f"under ingest: VmRSS median {med([r['VmRSS'] for r in steady]):.0f} MB, max sampled "
+                f"{max(r['VmRSS'] for r in steady):.0f} MB, VmHWM {hwm_ingest:.0f} MB; anonymous median "
+                f"{med([r['RssAnon'] for r in steady]):.0f} MB, of which DuckDB's own accounting "
+                f"{med([sum(r['duckdb'].values()) for r in steady]):.0f} MB"
+            )
         print(
             f"ingest {res['spans_per_s']:,.0f} spans/s ({res['spans']:,} spans, server CPU "
             f"{1000 * res['server_cpu_s'] / max(1, res['spans']):.4f} s per 1,000); VmHWM {peak:.0f} MB; "
@@ -98,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         b.http.close()
         server.stop()
+        print("\n".join(server.summary()))
     finally:
         server.kill()
         shutil.rmtree(tmp, ignore_errors=True)

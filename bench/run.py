@@ -493,6 +493,11 @@ class ServeProcess:
         self._log.close()
         return rc
 
+    def summary(self) -> list[str]:
+        """What the server said about its work at its clean stop (rows and commits, cache trims)."""
+        lines = Path(self._log.name).read_text(errors="replace").splitlines()
+        return [line for line in lines if line.startswith(("otel-feedback: wrote", "otel-feedback: DuckDB's cache"))]
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.pid, signal.SIGKILL)
@@ -908,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
         b.http.close()
         b.say("stopping the server (clean stop: checkpoint)")
         r["server_exit"] = server.stop()
+        r["server_summary"] = server.summary()
         size = sum(p.stat().st_size for p in tmp.glob("bench.duckdb*"))
         r["file_bytes"] = size
         r["bytes_per_span"] = size / max(1, r["spans_stored"])

@@ -245,3 +245,117 @@ def test_feedback_seq_stays_unique_while_duckdb_applies_concurrently(tmp_path: P
     finally:
         assert writer.close()
         con.close()
+
+
+def test_records_reach_the_file_whole_through_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal writes a batch's parts as they are (writev, at most IOV_MAX buffers a call). A system call may
+    write less than asked (a signal, a full disk): cut every call short at an odd size, and every byte still
+    reaches the file once, in order, empty parts included."""
+    from otel_feedback.store import journal as jmod
+
+    real = os.writev
+    calls = 0
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        nonlocal calls
+        calls += 1
+        budget, cut = 7_777, []
+        for b in buffers:
+            if budget <= 0:
+                break
+            cut.append(b[:budget])
+            budget -= min(budget, b.nbytes)
+        return real(fd, cut)
+
+    monkeypatch.setattr(jmod.os, "writev", short_writev)
+    parts = [os.urandom(n) for n in [0, 1, 100_000, *([700] * 2_500), 0, 300_000, 5]]
+    path = tmp_path / "out.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        jmod._write_all(fd, [memoryview(p) for p in parts])
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(parts)
+    assert calls > len(b"".join(parts)) // 7_777  # it really was cut short every time
+
+
+def _crash_after_applied(db: Path, code: str) -> None:
+    """A child runs ``code`` (with ``store``, ``span_table`` and ``feedback_table`` at hand), prints ``ready`` and
+    waits; the test kills it with SIGKILL."""
+    script = (
+        textwrap.dedent(
+            f"""
+        import sys, threading
+        sys.path.insert(0, {str(ROOT)!r})
+        from otel_feedback.store import Store
+        from tests.test_core_store import span_table, feedback_table
+        """
+        )
+        + textwrap.dedent(code)
+        + '\nprint("ready", flush=True)\nthreading.Event().wait(60)\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"child said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(WAIT_S)
+
+
+def test_kill9_after_duckdb_applied_but_before_a_checkpoint_loses_nothing(tmp_path: Path) -> None:
+    """DuckDB writes no WAL beside the journal: what it applied is only in memory until the writer checkpoints,
+    so the journal files stay until then, even once full (rotated)."""
+    db = tmp_path / "applied.duckdb"
+    _crash_after_applied(
+        db,
+        f"""
+        store = Store({str(db)!r})
+        store.writer._journal.rotate_bytes = 2_000  # every record fills a file
+        for i in range(30):
+            store.append({{"span_log": span_table(3, f"{{i:04x}}"), "feedback_log": feedback_table([f"fb{{i}}"])}})
+        assert store.flush(30_000)
+        assert store.query("SELECT count(*) FROM span_log").rows == [(90,)]
+        assert store.writer.stats.checkpoints == 0, "the test needs DuckDB not to have checkpointed"
+        assert len(store.writer._journal.files()) >= 30, "applied records' files were let go before a checkpoint"
+        """,
+    )
+    with Store(db) as store:
+        assert count(store) == 90 and count(store, "feedback_log") == 30
+    with Store(db) as again:
+        assert count(again) == 90
+
+
+def test_the_writer_checkpoints_when_idle_and_then_lets_journal_files_go(tmp_path: Path) -> None:
+    with Store(tmp_path / "idle.duckdb") as store:
+        writer = store.writer
+        assert writer is not None and writer._journal is not None
+        writer._journal.rotate_bytes = 2_000
+        writer._checkpoint_idle = 0.2
+        for i in range(5):
+            store.append({"span_log": span_table(3, f"i{i}")})
+        deadline = time.monotonic() + WAIT_S
+        while writer.stats.checkpoints == 0 or len(writer._journal.files()) > 1:
+            assert time.monotonic() < deadline, (writer.stats.checkpoints, writer._journal.files())
+            time.sleep(0.05)
+        assert count(store) == 15
+
+
+def test_a_second_writer_of_the_file_without_the_journal_is_durable_too(tmp_path: Path) -> None:
+    """The first read-write Store of a file owns the journal (and DuckDB writes no WAL); a second one in the same
+    process acknowledges only once a checkpoint has its rows in the file."""
+    db = tmp_path / "second.duckdb"
+    _crash_after_applied(
+        db,
+        f"""
+        first = Store({str(db)!r})
+        second = Store({str(db)!r})
+        assert second.writer._journal is None
+        for i in range(4):
+            second.append({{"span_log": span_table(2, f"s{{i}}")}})
+        assert second.writer.stats.checkpoints >= 4
+        """,
+    )
+    with Store(db) as store:
+        assert count(store) == 8

@@ -13,13 +13,26 @@ from .conftest import make_server, sql
 
 
 def test_the_server_bounds_duckdb_memory(tmp_path: Path) -> None:
+    """DuckDB works within the target (128MB by default); the limit is what a query that needs more gets."""
     srv = make_server(tmp_path / "m.duckdb", memory_limit="256MB")
     try:
         rows = sql(srv, "SELECT current_setting('memory_limit') AS m, current_setting('checkpoint_threshold') AS c")
-        assert rows[0]["m"] in ("256.0 MB", "244.1 MiB")
+        assert rows[0]["m"] in ("128.0 MB", "122.0 MiB")
         assert rows[0]["c"] in ("30.5 MiB", "32.0 MB")
+        assert srv.store is not None and srv.store.memory is not None and srv.store.memory.limit == "256MB"
     finally:
         srv.stop()
+    srv = make_server(tmp_path / "t.duckdb", memory_limit="256MB", memory_target="1GB")  # a target above the limit
+    try:
+        rows = sql(srv, "SELECT current_setting('memory_limit') AS m")
+        assert rows[0]["m"] in ("256.0 MB", "244.1 MiB")
+    finally:
+        srv.stop()
+
+
+def test_a_target_too_small_refuses_to_start_naming_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="OTEL_FEEDBACK_MEMORY_TARGET must be at least 16MB"):
+        make_server(tmp_path / "tiny.duckdb", memory_target="64KB")
 
 
 def test_default_memory_limit_is_512_megabytes() -> None:
@@ -63,7 +76,7 @@ def test_a_query_out_of_memory_names_the_setting_to_raise(tmp_path: Path) -> Non
         body = r.json()
         assert r.status_code == 400 and not body["ok"], body
         assert "Out of Memory" in body["error"] and "OTEL_FEEDBACK_MEMORY_LIMIT" in body["error"], body["error"]
-        assert "SET memory_limit" not in body["error"]  # DuckDB's advice cannot be followed on a locked server
+        assert "SET memory_limit" not in body["error"]  # DuckDB's advice cannot be followed through the server
         # the server goes on answering
         ok = httpx.post(f"{srv.http_url}/v1/query", json={"sql": "SELECT 1 AS one"}, timeout=60).json()
         assert ok["rows"] == [[1]]

@@ -373,25 +373,26 @@ class Source:
         import duckdb
 
         statement = check_sql(sql, frozenset(duckdb.StatementType.__members__.values()))
-        cur = self.store.cursor()
-        try:
-            rel = cur.sql(statement, params=params or None)
-            if rel is None:
-                raise QueryError("the statement returns no rows")
-            if max_rows is None:
-                return rel.to_arrow_table()
-            reader = rel.to_arrow_reader(min(max_rows + 1, 65_536))
-            batches, n = [], 0
-            for batch in reader:
-                batches.append(batch)
-                n += batch.num_rows
-                if n >= max_rows:
-                    break
-            return pa.Table.from_batches(batches, schema=reader.schema).slice(0, max_rows)
-        except duckdb.Error as exc:
-            raise QueryError(str(exc).strip()) from None
-        finally:
-            cur.close()
+        with self.store.reading():
+            cur = self.store.cursor()
+            try:
+                rel = cur.sql(statement, params=params or None)
+                if rel is None:
+                    raise QueryError("the statement returns no rows")
+                if max_rows is None:
+                    return rel.to_arrow_table()
+                reader = rel.to_arrow_reader(min(max_rows + 1, 65_536))
+                batches, n = [], 0
+                for batch in reader:
+                    batches.append(batch)
+                    n += batch.num_rows
+                    if n >= max_rows:
+                        break
+                return pa.Table.from_batches(batches, schema=reader.schema).slice(0, max_rows)
+            except duckdb.Error as exc:
+                raise QueryError(str(exc).strip()) from None
+            finally:
+                cur.close()
 
     def rows(self, sql: str, params: dict[str, Any] | list[Any] | None = None) -> list[dict[str, Any]]:
         """The result of one statement as a list of dicts (column name -> Python value)."""

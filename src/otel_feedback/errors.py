@@ -37,6 +37,10 @@ class QueryError(OtelFeedbackError):
     """The SQL was accepted but DuckDB could not run it (syntax, unknown column, bad cast...)."""
 
 
+class QueryOutOfMemory(QueryError):
+    """The query needed more memory than DuckDB may use (``OTEL_FEEDBACK_MEMORY_LIMIT`` for a server)."""
+
+
 class QueryTimeout(OtelFeedbackError):
     """The query ran past its time limit and was interrupted."""
 

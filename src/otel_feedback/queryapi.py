@@ -8,7 +8,9 @@ Layers, each enough on its own for most escapes:
 2. the statement runs inside a transaction that is always rolled back, so nothing it could
    change survives;
 3. the engine is locked down at server start (``enable_external_access=false`` - no files, no
-   ATTACH, no INSTALL - and ``lock_configuration=true`` - no SET);
+   ATTACH, no INSTALL - which DuckDB refuses to turn back on while the database is open). The configuration
+   is not locked (the server trims DuckDB's cache by changing ``memory_limit``, :mod:`.store.cache`): a SET
+   is refused by layer 1, as it is not a SELECT;
 4. a row cap (``truncated``) and a time limit (interrupt; the error names the setting).
 
 Answers JSON (default), CSV, NDJSON or Arrow IPC stream, chosen by ``format`` or the Accept header.
@@ -28,7 +30,7 @@ from .config import Settings
 from .errors import InvalidRequest, QueryRejected
 from .output import dumps, iter_delimited, iter_ndjson
 from .store import Store
-from .store.query import check_sql, clean_error, run
+from .store.query import check_sql, query_error, run
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 FORMATS = {"json": "application/json", "csv": "text/csv", "ndjson": "application/x-ndjson", "arrow": ARROW_STREAM}
@@ -177,21 +179,26 @@ class QueryEndpoint:
         return Response(data, 200, headers, media_type="application/x-ndjson")
 
     def _run_rolled_back(self, sql: str, fn: Any) -> Any:
-        """``fn(cursor, statement)`` on the one checked statement in ``sql``, in a transaction rolled back after."""
-        cur = self.store.cursor()
-        try:
-            statement = check_sql(sql, con=cur)  # parsed on this cursor: no default in-memory database
-            cur.execute("BEGIN TRANSACTION")
+        """``fn(cursor, statement)`` on the one checked statement in ``sql``, in a transaction rolled back after;
+        as a query of the store (run again with the whole memory limit if it ran out within the target)."""
+
+        def work() -> Any:
+            cur = self.store.cursor()
             try:
-                check_read_only(cur, statement)
-                return fn(cur, statement)
-            finally:
+                statement = check_sql(sql, con=cur)  # parsed on this cursor: no default in-memory database
+                cur.execute("BEGIN TRANSACTION")
                 try:
-                    cur.execute("ROLLBACK")
-                except Exception:
-                    pass
-        finally:
-            cur.close()
+                    check_read_only(cur, statement)
+                    return fn(cur, statement)
+                finally:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except Exception:
+                        pass
+            finally:
+                cur.close()
+
+        return self.store.read(work)
 
     def _rows(self, sql: str, params: Any, max_rows: int) -> Any:
         return self._run_rolled_back(
@@ -202,7 +209,7 @@ class QueryEndpoint:
         def fetch(cur: Any, statement: str) -> tuple[pa.Table, bool]:
             import duckdb
 
-            from .errors import QueryError, QueryTimeout
+            from .errors import QueryTimeout
             from .store.query import _Interrupter
 
             with _Interrupter(cur, self.settings.query_timeout_ms) as guard:
@@ -224,7 +231,7 @@ class QueryEndpoint:
                             f"the query ran longer than {self.settings.query_timeout_ms} ms and was stopped "
                             "(raise OTEL_FEEDBACK_QUERY_TIMEOUT_MS)"
                         ) from None
-                    raise QueryError(clean_error(exc)) from None
+                    raise query_error(exc) from None
             if json_cols:  # Arrow has no JSON type here: name the columns that hold JSON text
                 table = table.replace_schema_metadata(
                     {**(table.schema.metadata or {}), JSON_COLUMNS: orjson.dumps(json_cols)}

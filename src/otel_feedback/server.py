@@ -151,15 +151,20 @@ class Server:
             if s.grpc_port:
                 # grpc core logs its own C-level line when a bind fails; check first so a taken port is one line.
                 _bind(s.host, s.grpc_port, "--grpc-port / OTEL_FEEDBACK_GRPC_PORT").close()
-            self.store = Store(
-                s.db,
-                queue_rows=s.queue_rows,
-                commit_rows=s.commit_rows,
-                lockdown=True,
-                memory_limit=s.memory_limit,
-                journal=s.journal,
-                checkpoint_threshold=s.checkpoint_threshold,
-            )
+            try:
+                self.store = Store(
+                    s.db,
+                    queue_rows=s.queue_rows,
+                    commit_rows=s.commit_rows,
+                    lockdown=True,
+                    memory_limit=s.memory_limit,
+                    journal=s.journal,
+                    checkpoint_threshold=s.checkpoint_threshold,
+                    memory_target=s.memory_target,
+                    idle_cache=s.idle_cache,
+                )
+            except ConfigError as exc:  # the store's only one: the memory target
+                raise ConfigError(f"OTEL_FEEDBACK_MEMORY_TARGET: {exc}") from None
             if s.forward_to:
                 self._forwarder = Forwarder(s.forward_to)
             self.ingest = Ingest(self.store, s, _with_stored(self.store, config), forward=self._forwarder)
@@ -272,10 +277,20 @@ class Server:
                     if st.journal_writes
                     else ""
                 )
+                checkpoints = (
+                    f"; {st.checkpoints:,} checkpoints, {st.checkpoint_seconds:,.1f} s" if st.checkpoints else ""
+                )
                 announce(
                     f"otel-feedback: wrote {st.rows:,} rows in {st.commits:,} commits "
                     f"({st.rows / st.commits:,.0f} rows per commit, {st.commit_seconds:,.1f} s committing, the longest "
-                    f"{st.longest_commit_seconds:,.2f} s){journal}"
+                    f"{st.longest_commit_seconds:,.2f} s){checkpoints}{journal}"
+                )
+            memory = self.store.memory if self.store is not None else None
+            if memory is not None and (memory.trims or memory.escalations):
+                announce(
+                    f"otel-feedback: DuckDB's cache trimmed {memory.trims:,} times ({memory.evicted_bytes / 1e6:,.0f} MB "
+                    f"handed back, {memory.trim_seconds:,.1f} s, the longest {memory.longest_trim_seconds * 1000:,.0f} "
+                    f"ms); {memory.escalations:,} times past the {memory.target} target to {memory.limit}"
                 )
         finally:
             for sig, handler in old.items():

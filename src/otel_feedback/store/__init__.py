@@ -8,21 +8,24 @@ opens DuckDB.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 
-from ..errors import DatabaseLocked, QueryError, SchemaError, StoreUnavailable
+from ..config import MIN_MEMORY_BYTES, parse_size
+from ..errors import ConfigError, DatabaseLocked, QueryError, QueryOutOfMemory, SchemaError, StoreUnavailable
 from . import query as _query
 from .journal import Journal, journal_dir
+from .memory import MemoryGovernor
 from .schema import SCHEMA_VERSION, check_version, file_version, migrate
 from .views import VIEWS
 from .writer import TABLE_ORDER, Writer, WriterStats, replay
@@ -30,6 +33,8 @@ from .writer import TABLE_ORDER, Writer, WriterStats, replay
 __all__ = ["SCHEMA_VERSION", "TABLE_ORDER", "Store", "WriterStats", "shared_store"]
 
 _log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _LOCK_RE = re.compile(r"Could not set lock on file(?:.*?\(PID (\d+)\))?", re.S)
 
@@ -53,6 +58,10 @@ LLM-app spans, 32 MB checkpoints: 48 k -> 150 k rows/s, 21 -> 7 us of CPU a row,
 ~20 % larger: 216 -> 255-264 bytes a span in the benchmark). ``otel-feedback compact`` rewrites the file with
 DuckDB's default groups."""
 
+DEFAULT_CHECKPOINT = "16MB"
+"""How much the writer appends between its checkpoints where none is given (DuckDB's own default
+``checkpoint_threshold``)."""
+
 _RESERVED_CATALOGS = frozenset({"memory", "system", "temp", "main", ""})
 
 
@@ -61,9 +70,11 @@ class _Instance:
     twice in one process, so every read-write Store of the file, and read-only ones while it is open, use
     connections of this instance; the root connection is closed when the last of them closes."""
 
-    def __init__(self, root: duckdb.DuckDBPyConnection, catalog: str) -> None:
+    def __init__(self, root: duckdb.DuckDBPyConnection, catalog: str, wal: bool) -> None:
         self.root = root
         self.catalog = catalog
+        self.wal = wal
+        """Whether DuckDB writes its WAL for the file (else a commit is in the file only after a checkpoint)."""
         self.users = 0
 
     def use(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
@@ -99,33 +110,36 @@ def _open_error(path: str, exc: duckdb.Error) -> Exception:
     return SchemaError(f"cannot open {path}: {text}")
 
 
-def _attach(path: str) -> _Instance:
+def _attach(path: str, wal: bool) -> _Instance:
     """A new instance with ``path`` attached read-write (row groups of ``ROW_GROUP_ROWS``) as its default
-    database, named after the file as ``duckdb.connect(path)`` would name it."""
+    database, named after the file as ``duckdb.connect(path)`` would name it. Without ``wal`` (the journal makes
+    writes durable), DuckDB writes no WAL (``RECOVERY_MODE no_wal_writes``; a WAL an earlier process left is still
+    applied): the writer checkpoints instead."""
     stem = Path(path).name.split(".")[0]
     catalog = stem if stem.lower() not in _RESERVED_CATALOGS else "otel_feedback"
     # spills go next to the file, as they do for duckdb.connect(path) (an in-memory root's default is ./.tmp)
     root = duckdb.connect(":memory:", config={"temp_directory": f"{path}.tmp"})
     try:
         quoted = path.replace("'", "''")
-        root.execute(f"ATTACH '{quoted}' AS {_ident(catalog)} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+        options = f"ROW_GROUP_SIZE {ROW_GROUP_ROWS}" + ("" if wal else ", RECOVERY_MODE no_wal_writes")
+        root.execute(f"ATTACH '{quoted}' AS {_ident(catalog)} ({options})")
         root.execute(f"USE {_ident(catalog)}")
     except duckdb.Error as exc:
         root.close()
         raise _open_error(path, exc) from None
-    return _Instance(root, catalog)
+    return _Instance(root, catalog, wal)
 
 
-def _open(path: str, read_only: bool) -> tuple[duckdb.DuckDBPyConnection, _Instance | None]:
+def _open(path: str, read_only: bool, wal: bool = True) -> tuple[duckdb.DuckDBPyConnection, _Instance | None]:
     """A connection to ``path`` and, for a file held read-write in this process, the instance it belongs to
-    (hand it back with :func:`_release`)."""
+    (hand it back with :func:`_release`). ``wal``: see :func:`_attach` (for the first read-write open only)."""
     if read_only and path != ":memory:" and not Path(path).exists():
         raise SchemaError(f"{path} does not exist (nothing has been written there yet)")
     if path != ":memory:":
         with _INSTANCES_LOCK:
             inst = _INSTANCES.get(_key(path))
             if inst is None and not read_only:
-                inst = _INSTANCES[_key(path)] = _attach(path)
+                inst = _INSTANCES[_key(path)] = _attach(path, wal)
             if inst is not None:
                 # This process already holds the file read-write (a notebook that ran configure() and now wants
                 # to look, or a second writer): a connection of the open instance. A read-only Store still
@@ -205,20 +219,28 @@ class Store:
         memory_limit: str | None = None,
         checkpoint_threshold: str | None = None,
         journal: bool = True,
+        memory_target: str | None = None,
+        idle_cache: str | None = None,
     ) -> None:
-        """``lockdown`` (for a server answering others' SQL) turns off all file and network access
-        from SQL and locks the configuration, for this process's whole database instance.
+        """``lockdown`` (for a server answering others' SQL) turns off all file and network access from SQL, for
+        this process's whole database instance (DuckDB refuses to turn it back on while the database is open).
         ``memory_limit`` and ``checkpoint_threshold`` are DuckDB's settings of those names (sizes such as
         ``512MB``, validated by the caller), applied before the migrations so that one which rebuilds a large
         table stays within the limit. ``journal`` (file databases only) acknowledges writes once they are in the
-        journal (``<path>.journal``) instead of after their DuckDB commit; see :mod:`.journal`."""
+        journal (``<path>.journal``) instead of after their DuckDB commit; see :mod:`.journal`.
+        ``memory_target`` and ``idle_cache`` (sizes, with ``memory_limit``; read-write file databases only) let a
+        :class:`~.memory.MemoryGovernor` run DuckDB within the target, with the limit for what needs more, and
+        its cache of the file trimmed to ``idle_cache`` while no query runs."""
         from .._version import __version__
 
         self.path = str(path)
         self.read_only = read_only
         self._lock = threading.Lock()
         self._closed = False
-        self._con, self._instance = _open(self.path, read_only)
+        self.memory: MemoryGovernor | None = None
+        # Where this Store will own the journal, DuckDB need not write its WAL as well (see _attach).
+        owns_journal = journal and not read_only and self.path != ":memory:" and _key(self.path) not in _LIVE_WRITERS
+        self._con, self._instance = _open(self.path, read_only, wal=not owns_journal)
         try:
             if read_only:
                 version = file_version(self._con)
@@ -235,9 +257,30 @@ class Store:
                 migrate(self._con, self.path, __version__)
                 for _name, ddl in VIEWS:
                     self._con.execute(ddl)
+                no_wal = self._instance is not None and not self._instance.wal
+                if no_wal:  # the migrations and views into the file now, not at the first checkpoint
+                    self._con.execute("CHECKPOINT")
                 if lockdown:
+                    # Not lock_configuration as well: the cache trim changes memory_limit while serving. Queries
+                    # sent to a server are single SELECTs (checked with DuckDB's parser), which cannot SET.
                     self._con.execute("SET enable_external_access = false")
-                    self._con.execute("SET lock_configuration = true")
+                if memory_limit and memory_target and idle_cache is not None and self.path != ":memory:":
+                    target = memory_target if parse_size(memory_target) < parse_size(memory_limit) else memory_limit
+                    if parse_size(target) < MIN_MEMORY_BYTES:
+                        raise ConfigError(f"memory target {target} is too small: DuckDB needs at least 16MB")
+                    self.memory = MemoryGovernor(
+                        target,
+                        memory_limit,
+                        parse_size(idle_cache),
+                        self._con.cursor,
+                        can_escalate=target != memory_limit,
+                    )
+                    try:
+                        self._con.execute(f"SET memory_limit = '{target}'")
+                    except duckdb.OutOfMemoryException:
+                        raise ConfigError(
+                            f"memory target {target} is too small: DuckDB holds more than that with the file open"
+                        ) from None
                 # The journal belongs to the first read-write Store of a file in this process. A second one shares
                 # its database but not its journal (two would replay and delete each other's records): it
                 # acknowledges after commit.
@@ -245,13 +288,23 @@ class Store:
                 if self.path != ":memory:" and _key(self.path) not in _LIVE_WRITERS:
                     if journal:
                         wal = Journal(journal_dir(self.path))
-                        self._replay(wal)
+                        self._replay(wal, checkpoint=no_wal)
                     elif _unapplied(self._con, self.path):
                         raise SchemaError(
                             f"{journal_dir(self.path)} holds writes that are not in {self.path} yet; open it once "
                             "with the journal on (OTEL_FEEDBACK_JOURNAL=true) to apply them"
                         )
-                self.writer = Writer(self._con, queue_rows=queue_rows, commit_rows=commit_rows, journal=wal)
+                checkpoint_bytes = None
+                if no_wal:  # the writer checkpoints; one without the journal at every commit
+                    checkpoint_bytes = parse_size(checkpoint_threshold or DEFAULT_CHECKPOINT) if wal is not None else 0
+                self.writer = Writer(
+                    self._con,
+                    queue_rows=queue_rows,
+                    commit_rows=commit_rows,
+                    journal=wal,
+                    memory=self.memory,
+                    checkpoint_bytes=checkpoint_bytes,
+                )
                 if wal is not None:
                     _LIVE_WRITERS[_key(self.path)] = self.writer
         except BaseException:
@@ -259,8 +312,8 @@ class Store:
             _release(self.path, self._instance)
             raise
 
-    def _replay(self, wal: Journal) -> None:
-        records, rows = replay(self._con, wal)
+    def _replay(self, wal: Journal, checkpoint: bool) -> None:
+        records, rows = replay(self._con, wal, checkpoint=checkpoint)
         if records:
             _log.warning(
                 "otel-feedback: applied %d journal records (%d rows) that %s did not have yet "
@@ -317,6 +370,17 @@ class Store:
             cur = self._con.cursor()
         return self._instance.use(cur) if self._instance is not None else cur
 
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """Around a query's run: DuckDB's cache is not trimmed meanwhile (see :mod:`.memory`)."""
+        return self.memory.reading() if self.memory is not None else contextlib.nullcontext()
+
+    def read(self, work: Callable[[], T]) -> T:
+        """``work()``, a query on cursors of this store, under :meth:`reading`; where DuckDB runs within a memory
+        target, once more with the whole limit if it raised :class:`QueryOutOfMemory`."""
+        if self.memory is None:
+            return work()
+        return self.memory.run(work, QueryOutOfMemory)
+
     def query(
         self,
         sql: str,
@@ -326,38 +390,61 @@ class Store:
         timeout_ms: int | None = None,
     ) -> _query.Result:
         """Run one statement on a fresh cursor and return its rows."""
-        cur = self.cursor()
-        try:
-            return _query.run(cur, sql, params, max_rows=max_rows, timeout_ms=timeout_ms)
-        finally:
-            cur.close()
+
+        def work() -> _query.Result:
+            cur = self.cursor()
+            try:
+                return _query.run(cur, sql, params, max_rows=max_rows, timeout_ms=timeout_ms)
+            finally:
+                cur.close()
+
+        return self.read(work)
 
     def arrow(self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> pa.Table:
         """The full result of one statement as an Arrow table."""
-        cur = self.cursor()
-        try:
-            return cur.sql(sql, params=params or None).to_arrow_table()
-        finally:
-            cur.close()
+
+        def work() -> pa.Table:
+            cur = self.cursor()
+            try:
+                return cur.sql(sql, params=params or None).to_arrow_table()
+            except duckdb.Error as exc:
+                raise _query.query_error(exc) from None
+            finally:
+                cur.close()
+
+        return self.read(work)
 
     def stream(
         self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None, chunk_rows: int = 10_000
     ) -> tuple[list[str], list[str], Any]:
-        """Columns, DuckDB type names and an iterator of row chunks (holds a cursor until exhausted)."""
-        return _query.stream(self.cursor(), sql, params, chunk_rows=chunk_rows)
+        """Columns, DuckDB type names and an iterator of row chunks (holds a cursor, and counts as a running query,
+        until exhausted or closed)."""
+        reading = self.reading()
+        reading.__enter__()
+        try:
+            columns, types, chunks = _query.stream(self.cursor(), sql, params, chunk_rows=chunk_rows)
+        except BaseException:
+            reading.__exit__(None, None, None)
+            raise
+        return columns, types, _until_done(chunks, reading)
 
     def batches(
         self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None, batch_rows: int = 65_536
     ) -> tuple[pa.RecordBatchReader, list[str]]:
-        """The result as a stream of Arrow record batches, and the names of its JSON-typed columns."""
+        """The result as a stream of Arrow record batches, and the names of its JSON-typed columns (counts as a
+        running query until the reader is exhausted or closed)."""
+        reading = self.reading()
+        reading.__enter__()
         cur = self.cursor()
         try:
             rel = cur.sql(sql, params=params or None)
             json_cols = [name for name, t in zip(rel.columns, rel.types, strict=True) if str(t) == "JSON"]
-            return rel.to_arrow_reader(batch_rows), json_cols
+            reader = rel.to_arrow_reader(batch_rows)
         except duckdb.Error as exc:
             cur.close()
+            reading.__exit__(None, None, None)
             raise QueryError(_query.clean_error(exc)) from None
+        return pa.RecordBatchReader.from_batches(reader.schema, _until_done(reader, reading, cur)), json_cols
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -393,6 +480,16 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _until_done(items: Any, reading: contextlib.AbstractContextManager[None], cur: Any = None) -> Iterator[Any]:
+    """``items``, then the end of ``reading`` (and of the cursor ``cur``), however the iteration ends."""
+    try:
+        yield from items
+    finally:
+        if cur is not None:
+            cur.close()
+        reading.__exit__(None, None, None)
 
 
 class _Shared:

@@ -95,6 +95,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") and hasattr(os, "writev") else 0
+
+
+def _write_all(fd: int, chunks: list[memoryview]) -> None:
+    """Every byte of ``chunks``, in order, with as few system calls as the OS allows (``writev``, at most
+    ``IOV_MAX`` buffers a call; a short write resumes where it stopped)."""
+    chunks = [c for c in chunks if c.nbytes]
+    i = 0
+    while i < len(chunks):
+        if not _IOV_MAX:  # no writev (Windows)
+            view = chunks[i]
+            n = os.write(fd, view)
+        else:
+            group = chunks[i : i + _IOV_MAX]
+            n = os.writev(fd, group)
+        while n and i < len(chunks):  # drop what was written; cut the chunk a short write ended in
+            if n >= chunks[i].nbytes:
+                n -= chunks[i].nbytes
+                i += 1
+            else:
+                chunks[i] = chunks[i][n:]
+                n = 0
+
+
 class Journal:
     """Append (one thread), read back (at open) and trim (another thread) the journal files."""
 
@@ -194,16 +218,15 @@ class Journal:
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        chunks: list[Any] = []
-        for lsn, parts in records:  # header and parts joined once, with no intermediate copy of each payload
-            size = sum(memoryview(p).nbytes for p in parts)
-            chunks += [_HEADER.pack(lsn, size, _crc(lsn, parts)), *parts]
-        data = memoryview(b"".join(chunks))
+        chunks: list[memoryview] = []
+        for lsn, parts in records:  # written as they are (writev): no copy of the batch joined in memory
+            views = [memoryview(p).cast("B") for p in parts]
+            size = sum(v.nbytes for v in views)
+            chunks += [memoryview(_HEADER.pack(lsn, size, _crc(lsn, views))), *views]
+        total = sum(c.nbytes for c in chunks)
         start = self._size
         try:
-            written = 0
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
+            _write_all(self._fd, chunks)
             _sync(self._fd)
         except BaseException:
             try:
@@ -213,8 +236,8 @@ class Journal:
                 _log.exception("otel-feedback journal: could not cut %s back after a failed write", self._file)
                 self._fd = None  # never append after a torn record: the next append starts a new file
             raise
-        self._size += len(data)
-        self.bytes_written += len(data)
+        self._size += total
+        self.bytes_written += total
         self.last_lsn = records[-1][0]
         if self._size >= self.rotate_bytes:
             with self._lock:

@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 
 from ..config import Settings
-from ..errors import QueryError, QueryRejected, QueryTimeout
+from ..errors import QueryError, QueryOutOfMemory, QueryRejected, QueryTimeout
 
 READ_STATEMENTS = frozenset({duckdb.StatementType.SELECT})
 """Statement types a query may be (``WITH ... SELECT``, ``VALUES``, ``SUMMARIZE``, ``FROM x`` are SELECTs)."""
@@ -67,6 +67,14 @@ def clean_error(exc: BaseException) -> str:
             "<db>.tmp, but not every operator can."
         )
     return text
+
+
+def query_error(exc: duckdb.Error) -> QueryError:
+    """DuckDB's failure to run a query as our error: :class:`QueryOutOfMemory` when it ran out of memory (a
+    server runs it again with more), else :class:`QueryError`."""
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return QueryOutOfMemory(clean_error(exc))
+    return QueryError(clean_error(exc))
 
 
 def parse_param(value: str) -> Any:
@@ -136,7 +144,7 @@ def run(
                 raise QueryTimeout(
                     f"the query ran longer than {timeout_ms} ms and was stopped (raise {timeout_setting})"
                 ) from None
-            raise QueryError(clean_error(exc)) from None
+            raise query_error(exc) from None
     return Result(columns=columns, types=types, rows=rows, truncated=truncated)
 
 

@@ -38,6 +38,7 @@ import pyarrow as pa
 
 from ..errors import InvalidRequest, QueueFull, StoreUnavailable, WriteFailed
 from .journal import Journal, decode, encode
+from .memory import MemoryGovernor
 
 _log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ class WriterStats:
     longest_commit_seconds: float = 0.0
     journal_writes: int = 0
     journal_seconds: float = 0.0
+    checkpoints: int = 0
+    checkpoint_seconds: float = 0.0
 
 
 class _Job:
@@ -168,7 +171,14 @@ def check_rows(name: str, table: pa.Table, rules: Mapping[str, TableRules]) -> N
 
 
 class Writer:
-    """Owns ``con`` from :meth:`start` until :meth:`close`; no other thread may use it."""
+    """Owns ``con`` from :meth:`start` until :meth:`close`; no other thread may use it.
+
+    ``checkpoint_bytes`` is for a database DuckDB writes no WAL for (attached with ``RECOVERY_MODE
+    no_wal_writes``, where the journal already makes every acknowledged write durable): a commit is then only in
+    memory until a checkpoint writes it into the file, so the writer checkpoints itself once that many bytes of
+    rows were appended since the last one, and ``checkpoint_idle_s`` after the last write; journal files are
+    deleted only once a checkpoint holds every record in them. ``0`` (a writer without a journal on such a
+    database) checkpoints every commit before acknowledging it."""
 
     def __init__(
         self,
@@ -180,6 +190,9 @@ class Writer:
         lag_rows: int = 10_000,  # 20,000 held ~27 MB more at peak for ~5-10 % more ingest
         apply_rows: int = 5_000,
         apply_linger_s: float = 1.0,
+        memory: MemoryGovernor | None = None,
+        checkpoint_bytes: int | None = None,
+        checkpoint_idle_s: float = 5.0,
     ) -> None:
         if queue_rows < 1:
             raise ValueError(f"queue_rows must be >= 1, got {queue_rows}")
@@ -193,6 +206,13 @@ class Writer:
         self._apply_rows = max(1, min(apply_rows, self._lag_limit))
         self._apply_linger = apply_linger_s
         self._waiters = 0  # threads in wait_applied or flush: DuckDB applies at once for them
+        self._memory = memory
+        # Checkpoints the writer runs itself, where DuckDB writes no WAL (see checkpoint_bytes in the class doc).
+        self._checkpoint_bytes = checkpoint_bytes
+        self._checkpoint_idle = checkpoint_idle_s
+        self._unsaved_bytes = 0  # appended since the last checkpoint (no-WAL only)
+        self._last_write = 0.0
+        self.checkpoint_failed: Exception | None = None
         self._rules = table_rules(con)
         self._cond = threading.Condition()
         self._pending: deque[_Job] = deque()  # accepted, not yet journaled (journal mode)
@@ -206,7 +226,10 @@ class Writer:
         # fetchall, not fetchone: the writer thread's first insert registers a table right after this (see insert)
         self._next_seq = int(con.execute("SELECT coalesce(max(seq), 0) FROM feedback_log").fetchall()[0][0]) + 1
         self._applied_lsn = self._acked_lsn = journal.last_lsn if journal is not None else 0
+        self._saved_lsn = self._applied_lsn  # in the database file itself (checkpointed, or in DuckDB's WAL)
         self.stats = WriterStats()
+        if memory is not None:
+            memory.wake = self._wake
         self._thread = threading.Thread(target=self._run, name="otel-feedback-writer", daemon=True)
         self._thread.start()
         self._journal_thread: threading.Thread | None = None
@@ -328,8 +351,10 @@ class Writer:
             if thread is not None:
                 thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         done = not self._thread.is_alive() and not (self._journal_thread and self._journal_thread.is_alive())
+        if done and self._checkpoint_bytes is not None and self._unsaved_bytes:
+            self._checkpoint()  # on the closing thread: the writer thread has ended
         if done and self._journal is not None:
-            self._journal.close(self._applied_lsn)
+            self._journal.close(self._saved_lsn)
         return done
 
     # -- the journal thread --------------------------------------------------------------------
@@ -417,35 +442,110 @@ class Writer:
                 while not self._ready():
                     if not self._queue and self._closed and self._journal_done:
                         return
-                    self._cond.wait(self._linger_left())
-                jobs = [self._queue.popleft()]
-                if jobs[0].fn is None:
-                    rows = jobs[0].rows
-                    while self._queue and self._queue[0].fn is None and rows + self._queue[0].rows <= self._commit_rows:
-                        job = self._queue.popleft()
-                        rows += job.rows
-                        jobs.append(job)
-                self._in_flight = len(jobs)
-            try:
-                if jobs[0].fn is not None:
-                    self._run_call(jobs[0])
-                elif self._journal is not None:
-                    self._apply_journaled(jobs)
+                    if self._trim_due() or self._checkpoint_due():
+                        break
+                    self._cond.wait(self._wait_s())
+                if not self._ready():  # only a cache trim or a checkpoint is due
+                    jobs = []
                 else:
-                    self._commit_group(jobs)
-            except BaseException as exc:  # never let the worker die silently
-                _log.exception("otel-feedback writer failed")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(classify(exc) if isinstance(exc, Exception) else exc)
-            finally:
-                with self._cond:
-                    n = sum(j.rows for j in jobs)
-                    self._queued_rows -= n
-                    if self._journal is not None and jobs[0].fn is None:
-                        self._lag_rows -= n
-                    self._in_flight = 0
-                    self._cond.notify_all()
+                    jobs = [self._queue.popleft()]
+                    if jobs[0].fn is None:
+                        rows = jobs[0].rows
+                        while (
+                            self._queue
+                            and self._queue[0].fn is None
+                            and rows + self._queue[0].rows <= self._commit_rows
+                        ):
+                            job = self._queue.popleft()
+                            rows += job.rows
+                            jobs.append(job)
+                    self._in_flight = len(jobs)
+            if jobs:
+                self._run_jobs(jobs)
+            if self._checkpoint_due():
+                self._checkpoint()
+            if self._trim_due():
+                self._trim()
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        try:
+            if jobs[0].fn is not None:
+                self._run_call(jobs[0])
+            elif self._journal is not None:
+                self._apply_journaled(jobs)
+            else:
+                self._commit_group(jobs)
+        except BaseException as exc:  # never let the worker die silently
+            _log.exception("otel-feedback writer failed")
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(classify(exc) if isinstance(exc, Exception) else exc)
+        finally:
+            if self._memory is not None:
+                self._memory.wrote()
+            with self._cond:
+                n = sum(j.rows for j in jobs)
+                self._queued_rows -= n
+                if self._journal is not None and jobs[0].fn is None:
+                    self._lag_rows -= n
+                self._in_flight = 0
+                self._cond.notify_all()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _trim_due(self) -> bool:
+        return self._memory is not None and self._memory.due_in() == 0.0
+
+    def _trim(self) -> None:
+        assert self._memory is not None
+        try:
+            self._memory.trim(self._con)
+        except Exception:  # never let the worker die over a cache trim
+            _log.exception("otel-feedback writer: cache trim failed")
+
+    def _wait_s(self) -> float | None:
+        """How long the writer thread may sleep: until the oldest small job's linger ends, a trim or a checkpoint
+        is due."""
+        trim = self._memory.due_in() if self._memory is not None else None
+        checkpoint = None
+        if self._checkpoint_bytes is not None and self._unsaved_bytes:
+            checkpoint = max(0.0, self._last_write + self._checkpoint_idle - time.monotonic())
+        waits = [w for w in (self._linger_left(), trim, checkpoint) if w is not None]
+        return min(waits) if waits else None
+
+    def _checkpoint_due(self) -> bool:
+        if self._checkpoint_bytes is None or not self._unsaved_bytes:
+            return False
+        return (
+            self._unsaved_bytes >= self._checkpoint_bytes
+            or time.monotonic() - self._last_write >= self._checkpoint_idle
+            or self._closed
+        )
+
+    def _checkpoint(self) -> bool:
+        """Write what DuckDB holds only in memory into the file; then the journal files it covers can go."""
+        lsn = self._applied_lsn
+        started = time.perf_counter()
+        try:
+            self._con.execute("CHECKPOINT")
+        except Exception as exc:  # the journal still has everything: retried after the next write, or at close
+            self.checkpoint_failed = exc
+            _log.error("otel-feedback writer: checkpoint failed (the journal keeps the writes): %s", exc)
+            self._last_write = time.monotonic()
+            return False
+        self.checkpoint_failed = None
+        self._unsaved_bytes = 0
+        self.stats.checkpoints += 1
+        self.stats.checkpoint_seconds += time.perf_counter() - started
+        self._saved(lsn)
+        return True
+
+    def _saved(self, lsn: int) -> None:
+        self._saved_lsn = max(self._saved_lsn, lsn)
+        if self._journal is not None:
+            self._journal.release(self._saved_lsn)
 
     def _ready(self) -> bool:
         """Whether to apply now (called holding the lock). Journaled jobs are already durable, so with a journal
@@ -474,6 +574,9 @@ class Writer:
             con.execute("ROLLBACK")
             job.future.set_exception(exc)
             return
+        self._wrote_unsaved()  # it may have written: the next checkpoint keeps that
+        if self._checkpoint_bytes == 0:
+            self._checkpoint()
         job.future.set_result(result)
 
     def _commit_group(self, jobs: list[_Job]) -> None:
@@ -534,21 +637,54 @@ class Writer:
         with self._cond:
             self._applied_lsn = max(self._applied_lsn, lsn)
             self._cond.notify_all()
-        assert self._journal is not None
-        self._journal.release(self._applied_lsn)
+        if self._checkpoint_bytes is None:  # DuckDB's WAL has the commit: the file has it
+            self._saved(self._applied_lsn)
 
     def _set_aside(self, job: _Job, error: Exception) -> None:
         assert self._journal is not None and job.tables is not None
         self.stats.failed_jobs += 1
         set_aside(self._con, self._journal, job.lsn, job.tables, error)
+        self._wrote_unsaved()
         self._applied(job.lsn)
 
+    def _wrote_unsaved(self, nbytes: int = 1) -> None:
+        if self._checkpoint_bytes is not None:
+            self._unsaved_bytes += nbytes
+            self._last_write = time.monotonic()
+
     def _write(self, jobs: list[_Job]) -> None:
+        self._write_rows(jobs)
+        if self._checkpoint_bytes is not None:
+            self._wrote_unsaved(max(1, _size(jobs)))
+            if self._checkpoint_bytes == 0 and not self._checkpoint():  # no journal: durable only once in the file
+                raise WriteFailed(f"the commit could not be made durable: {self.checkpoint_failed}")
+
+    def _write_rows(self, jobs: list[_Job]) -> None:
+        memory = self._memory
+        if memory is None:
+            self._insert(jobs)
+            return
+        with memory.room_to_write(self._con, lambda: _size(jobs)):
+            try:
+                self._insert(jobs)
+            except duckdb.OutOfMemoryException:
+                if not memory.can_escalate or memory.is_escalated:
+                    raise
+                _log.info("otel-feedback writer: out of memory within %s; again within %s", memory.target, memory.limit)
+                with memory.escalated():
+                    self._insert(jobs)
+
+    def _insert(self, jobs: list[_Job]) -> None:
         tables = [j.tables for j in jobs if j.tables]
         if self._journal is not None:  # seq was given at journal time (by the journal thread, which owns _next_seq)
             insert(self._con, tables, lsn=jobs[-1].lsn)
         else:
             self._next_seq = insert(self._con, tables, self._next_seq)
+
+
+def _size(jobs: list[_Job]) -> int:
+    """Bytes of the jobs' Arrow tables (buffers shared between tables counted twice: an upper bound, cheaply)."""
+    return sum(t.get_total_buffer_size() for j in jobs if j.tables for t in j.tables.values())
 
 
 def _with_seq(table: pa.Table, first: int) -> pa.Table:
@@ -630,8 +766,12 @@ def set_aside(
     con.execute("UPDATE _journal SET applied_lsn = greatest(applied_lsn, ?)", [lsn])
 
 
-def replay(con: duckdb.DuckDBPyConnection, journal: Journal, batch_rows: int = 100_000) -> tuple[int, int]:
-    """Apply the journal records DuckDB does not have yet (after a crash); (records, rows) applied."""
+def replay(
+    con: duckdb.DuckDBPyConnection, journal: Journal, batch_rows: int = 100_000, checkpoint: bool = False
+) -> tuple[int, int]:
+    """Apply the journal records DuckDB does not have yet (after a crash); (records, rows) applied. With
+    ``checkpoint`` (a database DuckDB writes no WAL for), they are checkpointed into the file before the journal
+    files are let go."""
     found = con.execute("SELECT applied_lsn FROM _journal").fetchall()
     applied = int(found[0][0]) if found else 0
     records = rows = pending = 0
@@ -668,5 +808,7 @@ def replay(con: duckdb.DuckDBPyConnection, journal: Journal, batch_rows: int = 1
             flush()
             pending = 0
     flush()
+    if checkpoint and records:
+        con.execute("CHECKPOINT")
     journal.start(last + 1)
     return records, rows

@@ -1,0 +1,261 @@
+"""DuckDB's memory in a long-running server: a working target, a ceiling for what needs more, and a cache
+handed back while no query runs.
+
+DuckDB keeps every block of the file it writes or reads in memory until its ``memory_limit`` forces it out, so
+a server's memory climbs to the limit and stays there: under sustained ingest with the blocks each checkpoint
+writes (~7 MB a second at 60 k spans/s in the benchmark), which ingest never reads again; after queries with
+the blocks they scanned. That memory is only a cache of what the operating system's page cache holds too.
+But the limit cannot simply be low: some queries need far more than their data (each hash table takes 8-16 MB
+whatever its input; the report's ``judge_agreement`` needs ~150 MB on a 144-span file).
+
+:class:`MemoryGovernor` runs DuckDB at three levels:
+
+- ``target``: DuckDB's ``memory_limit`` normally. The cache stays within it while queries run.
+- ``limit``: the ceiling. A query that runs out of memory within the target is run once more with the limit
+  raised to this (:meth:`MemoryGovernor.escalated`; the writer does the same if an append runs out), and the
+  limit goes back to the target when the last such query ends.
+- ``keep``: the cache kept while no query runs. On the writer thread, at most once per ``interval_s`` after a
+  write or a query, and once ``grace_s`` has passed since the last query ended (queries that follow each other
+  closely keep what they share), it lowers DuckDB's limit to what DuckDB
+  holds besides cached blocks plus ``keep`` (and a small margin) and sets it back at once: DuckDB drops its least recently used
+  blocks of the file, which cost nothing to drop (they are on disk). Rows appended since the last checkpoint,
+  query state and temporary data count as in use, so a trim never makes DuckDB spill them.
+
+Queries register while they run (:meth:`MemoryGovernor.reading`): a trim never runs under one (a query that
+starts during a trim waits for it: ~1-3 ms for a second's worth of ingest, ~30 ms for 500 MB).
+
+The writer must never run short: DuckDB treats running out of memory while a commit merges the rows appended
+into the table as fatal (the database is invalidated until it is opened again; seen with a 128MB limit and
+queries of the ``spans`` view holding ~120 MB beside an apply). So while queries hold memory, an append starts
+only with room for it (:meth:`MemoryGovernor.room_to_write`): the limit is raised for it, or, where even the
+ceiling has no room, the writer waits for the queries to let go. Trims run on the writer thread between
+transactions, so no append ever sees a lowered limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TypeVar
+
+import duckdb
+
+from ..config import parse_size
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CACHED_TAG = "BASE_TABLE"
+"""``duckdb_memory()``'s tag of blocks of the file's tables: what a trim evicts."""
+
+WRITE_ROOM_BYTES = 32 << 20
+"""Least room an append starts with beside running queries (more for a larger append: three times its Arrow
+size, for the rows in the transaction and their merge into the table at commit)."""
+
+WRITE_WAIT_S = 30.0
+"""Longest an append waits for queries to release memory before it is tried regardless."""
+
+MARGIN_BYTES = 4 << 20
+"""Room a trim leaves above what DuckDB holds besides cached blocks and ``keep``: a few blocks of the file under
+that tag are not evictable (seen: 0.8 MB in a new file), and without room for them DuckDB meets the lower limit by
+spilling rows not yet checkpointed to ``<db>.tmp`` instead."""
+
+
+class MemoryGovernor:
+    """DuckDB's ``memory_limit`` over time. ``target`` and ``limit`` are sizes as DuckDB reads them
+    (``128MB``); ``connect`` gives a cursor of the database instance (``SET memory_limit`` is instance-wide)."""
+
+    def __init__(
+        self,
+        target: str,
+        limit: str,
+        keep_bytes: int,
+        connect: Callable[[], duckdb.DuckDBPyConnection],
+        *,
+        can_escalate: bool = True,
+        interval_s: float = 1.0,
+        grace_s: float = 0.25,
+    ) -> None:
+        if keep_bytes < 0:
+            raise ValueError(f"keep_bytes must be >= 0, got {keep_bytes}")
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        self.target = target
+        self.limit = limit
+        self._target_bytes = parse_size(target)
+        self._limit_bytes = parse_size(limit)
+        self.keep_bytes = keep_bytes
+        self.can_escalate = can_escalate
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._escalated = 0
+        self._dirty = False  # something may have been cached since the last trim
+        self._lower = False  # an escalation ended while other work held more than the target
+        self._last_trim = 0.0
+        self._last_read = 0.0  # when the last query ended
+        self.wake: Callable[[], None] | None = None
+        """Called when the last running query ends (a trim becomes due): the writer thread waits on it."""
+        self.trims = 0
+        self.escalations = 0
+        self.evicted_bytes = 0
+        self.trim_seconds = 0.0
+        self.longest_trim_seconds = 0.0
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around a query: no trim runs until it ends."""
+        with self._lock:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._readers -= 1
+                self._dirty = True
+                self._last_read = time.monotonic()
+                idle = self._readers == 0
+            if idle and self.wake is not None:
+                self.wake()
+
+    @property
+    def readers(self) -> int:
+        return self._readers
+
+    @contextmanager
+    def escalated(self) -> Iterator[None]:
+        """DuckDB's limit raised to ``limit`` until the last escalated piece of work ends."""
+        with self._lock:
+            self._escalated += 1
+            self.escalations += 1
+            if self._escalated == 1:
+                self._set(self.limit)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._escalated -= 1
+                if self._escalated == 0:
+                    try:
+                        self._set(self.target)
+                    except duckdb.Error:  # other work holds more than the target now: the next trim lowers it
+                        self._dirty = self._lower = True
+
+    def run(self, work: Callable[[], T], out_of_memory: type[BaseException]) -> T:
+        """``work()`` as a query; once more under :meth:`escalated` if it raised ``out_of_memory`` within the
+        target."""
+        with self.reading():
+            try:
+                return work()
+            except out_of_memory:
+                if not self.can_escalate:
+                    raise
+                _log.info(
+                    "otel-feedback: a query ran out of memory within %s; again within %s", self.target, self.limit
+                )
+            with self.escalated():
+                return work()
+
+    @property
+    def is_escalated(self) -> bool:
+        return self._escalated > 0
+
+    def _set(self, size: str) -> None:
+        con = self._connect()
+        try:
+            con.execute(f"SET memory_limit = '{size}'")
+        finally:
+            con.close()
+
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def room_to_write(self, con: duckdb.DuckDBPyConnection, size: Callable[[], int]) -> AbstractContextManager[None]:
+        """Before an append of ``size()`` bytes of Arrow on the writer thread: nothing to do while no query runs
+        (only cached blocks, which DuckDB drops for the writer, and the writer's own rows are in memory); else
+        :meth:`escalated` when the current limit leaves too little room beside what is held, after waiting (up to
+        :data:`WRITE_WAIT_S`) for the queries if even the ceiling does."""
+        if not self._readers:
+            return nullcontext()
+        need = max(WRITE_ROOM_BYTES, 3 * size())
+        deadline = time.monotonic() + WRITE_WAIT_S
+        while True:
+            held = self._held(con)
+            current = self._limit_bytes if self._escalated else self._target_bytes
+            if current - held >= need or not self._readers:
+                return nullcontext()
+            if self.can_escalate and self._limit_bytes - held >= need:
+                return self.escalated()
+            if time.monotonic() >= deadline:
+                _log.warning(
+                    "otel-feedback writer: queries hold %d MB of DuckDB's %s; appending regardless",
+                    held >> 20,
+                    self.limit,
+                )
+                return self.escalated() if self.can_escalate else nullcontext()
+            time.sleep(0.05)
+
+    @staticmethod
+    def _held(con: duckdb.DuckDBPyConnection) -> int:
+        """Bytes DuckDB holds besides cached blocks of the file."""
+        row = con.execute(
+            "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag <> ?", [CACHED_TAG]
+        ).fetchall()
+        return int(row[0][0])
+
+    def wrote(self) -> None:
+        """The writer committed something (a checkpoint may have added blocks to the cache)."""
+        self._dirty = True
+
+    def due_in(self) -> float | None:
+        """Seconds until a trim is due (0: now); None while nothing was written or read since the last one, or
+        while a query runs (the last one to end calls :attr:`wake`)."""
+        if not self._dirty or self._readers:
+            return None
+        due = max(self._last_trim + self.interval_s, self._last_read + self.grace_s)
+        return max(0.0, due - time.monotonic())
+
+    def trim(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Evict cached blocks beyond ``keep_bytes`` (and :data:`MARGIN_BYTES`) unless a query is running; the
+        bytes evicted. Run it on the
+        thread that owns ``con`` for writing, between transactions (the writer thread), so no append runs
+        during the moment the limit is low."""
+        with self._lock:  # a query that starts now waits until the limit is back
+            if self._readers:
+                return 0  # the last one to end marks the next trim due
+            self._dirty = False
+            self._last_trim = started = time.monotonic()
+            cached, other = con.execute(
+                "SELECT coalesce(sum(memory_usage_bytes) FILTER (tag = ?), 0), "
+                "coalesce(sum(memory_usage_bytes) FILTER (tag <> ?), 0) FROM duckdb_memory()",
+                [CACHED_TAG, CACHED_TAG],
+            ).fetchall()[0]
+            evicted = 0
+            if cached > self.keep_bytes + MARGIN_BYTES:
+                try:
+                    con.execute(f"SET memory_limit = '{int(other) + self.keep_bytes + MARGIN_BYTES}B'")
+                except duckdb.Error as exc:  # more is pinned than that: DuckDB evicted what it could
+                    _log.debug("otel-feedback: cache trim stopped short: %s", exc)
+                finally:
+                    con.execute(f"SET memory_limit = '{self.target}'")
+                    self._lower = False
+                after = con.execute(
+                    "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = ?", [CACHED_TAG]
+                ).fetchall()[0][0]
+                evicted = max(0, int(cached) - int(after))
+            elif self._lower and not self._escalated:
+                con.execute(f"SET memory_limit = '{self.target}'")
+                self._lower = False
+            elapsed = time.monotonic() - started
+        self.trims += 1
+        self.evicted_bytes += evicted
+        self.trim_seconds += elapsed
+        self.longest_trim_seconds = max(self.longest_trim_seconds, elapsed)
+        return evicted

@@ -1,0 +1,294 @@
+"""DuckDB's memory in a server (``store/memory.py``): the cache of the file trimmed on the writer thread while no
+query runs, and queries (and appends) that run out of memory within the target run again within the limit.
+
+Real DuckDB files, real writers; what is measured is DuckDB's own accounting (``duckdb_memory()``) and setting,
+read on a cursor of the same database instance.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from otel_feedback.config import ConfigError, Settings, parse_size
+from otel_feedback.errors import QueryOutOfMemory
+from otel_feedback.store import Store
+from otel_feedback.store.memory import MARGIN_BYTES, MemoryGovernor
+from tests.test_core_store import span_table
+
+WAIT_S = 30.0
+"""Upper bound of every wait (a failure bound, never a synchronisation)."""
+
+MB = 1_000_000
+
+
+def bulky(n: int, prefix: str) -> pa.Table:
+    """``n`` span rows with ~1 KB of incompressible text each (names: DuckDB keeps the blocks of that column in
+    memory after a checkpoint writes them; zstd-compressed columns it does not)."""
+    table = span_table(n, prefix)
+    names = [os.urandom(500).hex() for _ in range(n)]
+    return table.set_column(table.schema.get_field_index("name"), "name", pa.array(names, pa.string()))
+
+
+def memory(store: Store, tag: str) -> int:
+    """DuckDB's bytes under ``tag``, read without counting as a query (a raw cursor of the instance)."""
+    cur = store.cursor()
+    try:
+        return int(
+            cur.execute(
+                "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = ?", [tag]
+            ).fetchall()[0][0]
+        )
+    finally:
+        cur.close()
+
+
+def setting(store: Store, name: str) -> str:
+    cur = store.cursor()
+    try:
+        return str(cur.execute("SELECT current_setting(?)", [name]).fetchall()[0][0])
+    finally:
+        cur.close()
+
+
+def shown(size: str) -> str:
+    """How DuckDB shows a memory limit of ``size`` (``512MB`` is ``488.2 MiB``)."""
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET memory_limit = '{size}'")
+        return str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+    finally:
+        con.close()
+
+
+def wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {WAIT_S} s: {what}")
+        time.sleep(0.05)
+
+
+def ingest(store: Store, batches: int, rows: int = 10_000, tag: str = "b") -> None:
+    for i in range(batches):
+        store.append({"span_log": bulky(rows, f"{tag}{i:02x}")}, timeout=WAIT_S)
+
+
+def open_store(path: Path, idle_cache: str, checkpoint_threshold: str = "4MB", target: str = "512MB") -> Store:
+    return Store(
+        path,
+        memory_limit="512MB",
+        memory_target=target,
+        checkpoint_threshold=checkpoint_threshold,
+        idle_cache=idle_cache,
+    )
+
+
+def test_blocks_written_by_ingest_are_handed_back_once_no_query_runs(tmp_path: Path) -> None:
+    cached: dict[str, int] = {}
+    for keep in ("4MB", "1GB"):
+        with open_store(tmp_path / f"keep-{keep}.duckdb", keep) as s:
+            assert s.memory is not None
+            ingest(s, 6)
+            s.flush()
+            trims = s.memory.trims
+            wait_for(lambda s=s, trims=trims: s.memory.trims > trims, "a trim after the last write")
+            cached[keep] = memory(s, "BASE_TABLE")
+            assert setting(s, "memory_limit") == shown("512MB")  # the limit is back
+    # 60,000 rows of ~1 KB: DuckDB keeps tens of MB of the blocks it wrote unless trimmed
+    assert cached["1GB"] > 20 * MB, cached
+    assert cached["4MB"] <= 4 * MB + MARGIN_BYTES, cached
+
+
+def test_no_trim_while_a_query_runs_and_one_right_after(tmp_path: Path) -> None:
+    with open_store(tmp_path / "q.duckdb", "0MB") as s:
+        assert s.memory is not None
+        ingest(s, 2, tag="a")
+        wait_for(lambda: s.memory.trims > 0, "the first trim")
+        with s.reading():
+            trims = s.memory.trims
+            ingest(s, 4, tag="c")  # written and checkpointed while the query "runs"
+            s.flush()
+            time.sleep(2 * s.memory.interval_s)
+            assert s.memory.trims == trims, "trimmed during a query"
+            assert memory(s, "BASE_TABLE") > 10 * MB
+            assert setting(s, "memory_limit") == shown("512MB")
+        wait_for(lambda: s.memory.trims > trims, "a trim once the query ended")
+        assert memory(s, "BASE_TABLE") <= MARGIN_BYTES
+
+
+def test_a_query_starting_during_a_trim_waits_for_the_full_limit(tmp_path: Path) -> None:
+    """Queries that load blocks, each trimmed away right after: every query sees the whole limit, however its
+    start falls against the writer's trims."""
+    with open_store(tmp_path / "race.duckdb", "0MB") as s:
+        assert s.memory is not None
+        ingest(s, 3)
+        s.call(lambda con: con.execute("CHECKPOINT"))
+        s.memory.interval_s = s.memory.grace_s = 0.01
+        seen: set[str] = set()
+        evicted = s.memory.evicted_bytes
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            res = s.query("SELECT current_setting('memory_limit'), count(*) FROM span_log WHERE name > 'f'")
+            seen.add(res.rows[0][0])
+            time.sleep(random.uniform(0.005, 0.02))  # trims run once the last query ended interval_s ago
+        assert s.memory.trims >= 10 and s.memory.evicted_bytes > evicted + 10 * MB, s.memory.trims  # the race was on
+    assert seen == {shown("512MB")}, seen
+
+
+def test_a_trim_never_spills_rows_not_yet_checkpointed(tmp_path: Path) -> None:
+    path = tmp_path / "spill.duckdb"
+    with open_store(path, "0MB", checkpoint_threshold="1GB") as s:
+        assert s.memory is not None
+        for i in range(8):  # small appends stay in memory (IN_MEMORY_TABLE) until a checkpoint
+            s.append({"span_log": bulky(3_000, f"s{i:02x}")}, timeout=WAIT_S)
+        held = memory(s, "IN_MEMORY_TABLE")
+        assert held > 10 * MB
+        trims = s.memory.trims
+        s.query("SELECT 1")  # a query's end makes a trim due
+        wait_for(lambda: s.memory.trims > trims, "a trim")
+        assert memory(s, "IN_MEMORY_TABLE") == held
+        cur = s.cursor()
+        try:
+            assert cur.execute("SELECT count(*) FROM duckdb_temporary_files()").fetchall() == [(0,)]
+        finally:
+            cur.close()
+
+
+def test_stores_without_a_memory_limit_or_in_memory_do_not_trim(tmp_path: Path) -> None:
+    with Store(tmp_path / "plain.duckdb") as s:
+        assert s.memory is None
+    with Store(":memory:", memory_limit="256MB", memory_target="128MB", idle_cache="0MB") as s:
+        assert s.memory is None
+
+
+def test_a_streamed_result_counts_as_a_running_query_until_exhausted(tmp_path: Path) -> None:
+    with open_store(tmp_path / "stream.duckdb", "0MB") as s:
+        assert s.memory is not None
+        ingest(s, 1)
+        _, _, chunks = s.stream("SELECT span_id FROM span_log", chunk_rows=1000)
+        assert s.memory.readers == 1
+        assert sum(len(c) for c in chunks) == 10_000
+        assert s.memory.readers == 0
+        reader, _ = s.batches("SELECT span_id FROM span_log", batch_rows=1000)
+        assert s.memory.readers == 1
+        assert reader.read_all().num_rows == 10_000
+        assert s.memory.readers == 0
+
+
+def test_idle_cache_setting() -> None:
+    assert Settings.load(env={}).idle_cache == "16MB"
+    assert Settings.load(env={"OTEL_FEEDBACK_IDLE_CACHE": "64MB"}).idle_cache == "64MB"
+    with pytest.raises(ConfigError, match="OTEL_FEEDBACK_IDLE_CACHE must be a size"):
+        Settings.load(env={"OTEL_FEEDBACK_IDLE_CACHE": "lots"})
+    assert parse_size("16MB") == 16 * MB and parse_size("1GiB") == 2**30
+    with pytest.raises(ValueError):
+        parse_size("16")
+
+
+def test_memory_settings() -> None:
+    assert Settings.load(env={}).memory_target == "128MB"
+    assert Settings.load(env={"OTEL_FEEDBACK_MEMORY_TARGET": "1GB"}).memory_target == "1GB"
+    with pytest.raises(ConfigError, match="OTEL_FEEDBACK_MEMORY_TARGET must be a size"):
+        Settings.load(env={"OTEL_FEEDBACK_MEMORY_TARGET": "-1"})
+
+
+def test_governor_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="keep_bytes"):
+        MemoryGovernor("128MB", "512MB", -1, duckdb.connect)
+    with pytest.raises(ValueError, match="interval_s"):
+        MemoryGovernor("128MB", "512MB", 0, duckdb.connect, interval_s=0)
+
+
+def test_the_served_query_path_sees_the_whole_limit(tmp_path: Path) -> None:
+    from tests.conftest import make_server
+
+    srv = make_server(tmp_path / "served.duckdb", memory_limit="256MB", memory_target="256MB")
+    try:
+        assert srv.store is not None and srv.store.memory is not None
+        import httpx
+
+        r = httpx.post(f"{srv.http_url}/v1/query", json={"sql": "SELECT current_setting('memory_limit') AS m"})
+        assert r.status_code == 200, r.text
+        assert r.json()["rows"][0][0] == shown("256MB")
+    finally:
+        srv.stop()
+
+
+BIG = "SELECT len(list(x)) AS n FROM range(10_000_000) t(x)"
+"""A query whose memory cannot spill: one 80 MB list (fails within 64MB, runs within 512MB)."""
+
+
+def test_a_query_out_of_memory_within_the_target_runs_again_within_the_limit(tmp_path: Path) -> None:
+    with open_store(tmp_path / "esc.duckdb", "16MB", target="32MB") as s:
+        assert s.memory is not None and s.memory.can_escalate
+        assert setting(s, "memory_limit") == shown("32MB")
+        assert s.query(BIG).rows == [(10_000_000,)]
+        assert s.memory.escalations == 1
+        assert s.arrow(BIG).to_pylist() == [{"n": 10_000_000}]
+        assert s.memory.escalations == 2
+        assert s.query("SELECT 1").rows == [(1,)]
+        assert s.memory.escalations == 2  # only what ran out escalates
+        assert setting(s, "memory_limit") == shown("32MB")  # back to the target
+
+
+def test_a_query_out_of_memory_even_within_the_limit_names_the_setting(tmp_path: Path) -> None:
+    with Store(tmp_path / "oom.duckdb", memory_limit="40MB", memory_target="20MB", idle_cache="0MB") as s:
+        with pytest.raises(QueryOutOfMemory, match="OTEL_FEEDBACK_MEMORY_LIMIT"):
+            s.query(BIG)
+        assert s.memory is not None and s.memory.escalations == 1
+        assert setting(s, "memory_limit") == shown("20MB")
+
+
+def test_without_room_above_the_target_nothing_is_run_twice(tmp_path: Path) -> None:
+    with Store(tmp_path / "flat.duckdb", memory_limit="40MB", memory_target="40MB", idle_cache="0MB") as s:
+        assert s.memory is not None and not s.memory.can_escalate
+        with pytest.raises(QueryOutOfMemory):
+            s.query(BIG)
+        assert s.memory.escalations == 0
+
+
+def test_an_append_out_of_memory_within_the_target_is_applied_within_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "w.duckdb"
+    with open_store(path, "0MB", target="64MB") as s:
+        assert s.memory is not None
+        s.memory.target = "2MB"  # far below one append (a file cannot be opened within so little)
+        s.call(lambda con: con.execute("SET memory_limit = '2MB'"))
+        ingest(s, 2, rows=5_000)
+        s.flush()
+        assert s.memory.escalations >= 1
+        assert s.query("SELECT count(*) FROM span_log").rows == [(10_000,)]
+        assert setting(s, "memory_limit") == shown("2MB")
+    assert not list(Path(f"{path}.journal").glob("rejected-*")), "rows set aside instead of applied"
+
+
+def test_a_target_too_small_to_open_the_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="memory target 100KB is too small"):
+        Store(tmp_path / "tiny.duckdb", memory_limit="512MB", memory_target="100KB", idle_cache="0MB")
+    with pytest.raises(ConfigError, match="OTEL_FEEDBACK_MEMORY_TARGET must be at least 16MB"):
+        Settings.load(env={"OTEL_FEEDBACK_MEMORY_TARGET": "8MB"})
+
+
+def test_the_served_query_endpoint_runs_a_big_query_again_within_the_limit(tmp_path: Path) -> None:
+    from tests.conftest import make_server
+
+    srv = make_server(tmp_path / "served-big.duckdb", memory_limit="512MB", memory_target="32MB")
+    try:
+        import httpx
+
+        for fmt in ("json", "arrow"):
+            r = httpx.post(f"{srv.http_url}/v1/query", json={"sql": BIG, "format": fmt}, timeout=WAIT_S)
+            assert r.status_code == 200, r.text
+        assert srv.store is not None and srv.store.memory is not None
+        assert srv.store.memory.escalations == 2
+        r = httpx.post(f"{srv.http_url}/v1/query", json={"sql": "SELECT current_setting('memory_limit')"})
+        assert r.json()["rows"] == [[shown("32MB")]]
+    finally:
+        srv.stop()
