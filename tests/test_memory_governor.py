@@ -263,7 +263,7 @@ def test_an_append_out_of_memory_within_the_target_is_applied_within_the_limit(t
         s.call(lambda con: con.execute("SET memory_limit = '2MB'"))
         ingest(s, 2, rows=5_000)
         s.flush()
-        assert s.memory.escalations >= 1
+        assert s.memory.write_escalations >= 1 and s.memory.escalations == 0
         assert s.query("SELECT count(*) FROM span_log").rows == [(10_000,)]
         assert setting(s, "memory_limit") == shown("2MB")
     assert not list(Path(f"{path}.journal").glob("rejected-*")), "rows set aside instead of applied"
@@ -292,3 +292,39 @@ def test_the_served_query_endpoint_runs_a_big_query_again_within_the_limit(tmp_p
         assert r.json()["rows"] == [[shown("32MB")]]
     finally:
         srv.stop()
+
+
+def test_an_append_beside_queries_that_hold_memory_gets_the_limit_or_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What DuckDB holds is read from duckdb_memory(); here it is set, to drive each branch on a real database."""
+    from otel_feedback.store import memory as mem
+
+    con = duckdb.connect(str(tmp_path / "room.duckdb"))
+    try:
+        gov = MemoryGovernor("64MB", "512MB", 0, con.cursor)
+        con.execute("SET memory_limit = '64MB'")
+        held = {"bytes": 0}
+        monkeypatch.setattr(MemoryGovernor, "_held", staticmethod(lambda c: held["bytes"]))
+
+        def limit_inside(size: int) -> str:
+            with gov.room_to_write(con, lambda: size):
+                return str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+
+        held["bytes"] = 60 * MB
+        assert limit_inside(1) == shown("64MB")  # no query runs: only the writer and evictable cache
+        with gov.reading():
+            held["bytes"] = 10 * MB
+            assert limit_inside(1) == shown("64MB")  # room enough within the target
+            assert limit_inside(30 * MB) == shown("512MB")  # three times the append does not fit: the limit
+            assert gov.write_escalations == 1
+            held["bytes"] = 500 * MB  # not even the limit has room: it waits for the queries, then goes on
+            monkeypatch.setattr(mem, "WRITE_WAIT_S", 0.3)
+            started = time.monotonic()
+            with caplog.at_level("WARNING", logger="otel_feedback"):
+                assert limit_inside(1) == shown("512MB")
+            assert time.monotonic() - started >= 0.3
+            assert "appending regardless" in caplog.text
+        assert str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]) == shown("64MB")
+    finally:
+        con.close()

@@ -286,11 +286,12 @@ class Server:
                     f"{st.longest_commit_seconds:,.2f} s){checkpoints}{journal}"
                 )
             memory = self.store.memory if self.store is not None else None
-            if memory is not None and (memory.trims or memory.escalations):
+            if memory is not None and (memory.trims or memory.escalations or memory.write_escalations):
                 announce(
                     f"otel-feedback: DuckDB's cache trimmed {memory.trims:,} times ({memory.evicted_bytes / 1e6:,.0f} MB "
                     f"handed back, {memory.trim_seconds:,.1f} s, the longest {memory.longest_trim_seconds * 1000:,.0f} "
-                    f"ms); {memory.escalations:,} times past the {memory.target} target to {memory.limit}"
+                    f"ms); past the {memory.target} target to {memory.limit} for {memory.escalations:,} queries run "
+                    f"again and {memory.write_escalations:,} appends beside queries"
                 )
         finally:
             for sig, handler in old.items():

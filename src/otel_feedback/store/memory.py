@@ -104,6 +104,9 @@ class MemoryGovernor:
         """Called when the last running query ends (a trim becomes due): the writer thread waits on it."""
         self.trims = 0
         self.escalations = 0
+        """Queries run again within the limit."""
+        self.write_escalations = 0
+        """Appends given the limit: for room beside queries, or after running out within the target."""
         self.evicted_bytes = 0
         self.trim_seconds = 0.0
         self.longest_trim_seconds = 0.0
@@ -131,11 +134,15 @@ class MemoryGovernor:
         return self._readers
 
     @contextmanager
-    def escalated(self) -> Iterator[None]:
-        """DuckDB's limit raised to ``limit`` until the last escalated piece of work ends."""
+    def escalated(self, write: bool = False) -> Iterator[None]:
+        """DuckDB's limit raised to ``limit`` until the last escalated piece of work ends (``write``: an append's,
+        counted apart from queries')."""
         with self._lock:
             self._escalated += 1
-            self.escalations += 1
+            if write:
+                self.write_escalations += 1
+            else:
+                self.escalations += 1
             if self._escalated == 1:
                 self._set(self.limit)
         try:
@@ -192,14 +199,14 @@ class MemoryGovernor:
             if current - held >= need or not self._readers:
                 return nullcontext()
             if self.can_escalate and self._limit_bytes - held >= need:
-                return self.escalated()
+                return self.escalated(write=True)
             if time.monotonic() >= deadline:
                 _log.warning(
                     "otel-feedback writer: queries hold %d MB of DuckDB's %s; appending regardless",
                     held >> 20,
                     self.limit,
                 )
-                return self.escalated() if self.can_escalate else nullcontext()
+                return self.escalated(write=True) if self.can_escalate else nullcontext()
             time.sleep(0.05)
 
     @staticmethod

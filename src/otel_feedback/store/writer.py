@@ -671,7 +671,7 @@ class Writer:
                 if not memory.can_escalate or memory.is_escalated:
                     raise
                 _log.info("otel-feedback writer: out of memory within %s; again within %s", memory.target, memory.limit)
-                with memory.escalated():
+                with memory.escalated(write=True):
                     self._insert(jobs)
 
     def _insert(self, jobs: list[_Job]) -> None:
