@@ -18,7 +18,7 @@ def test_the_server_bounds_duckdb_memory(tmp_path: Path) -> None:
     try:
         rows = sql(srv, "SELECT current_setting('memory_limit') AS m, current_setting('checkpoint_threshold') AS c")
         assert rows[0]["m"] in ("128.0 MB", "122.0 MiB")
-        assert rows[0]["c"] in ("30.5 MiB", "32.0 MB")
+        assert rows[0]["c"] in ("22.8 MiB", "24.0 MB")
         assert srv.store is not None and srv.store.memory is not None and srv.store.memory.limit == "256MB"
     finally:
         srv.stop()
@@ -47,7 +47,7 @@ def test_a_bad_memory_limit_is_refused_naming_the_variable(bad: str) -> None:
 
 
 def test_checkpoint_threshold_is_a_setting(tmp_path: Path) -> None:
-    assert Settings.load(env={}).checkpoint_threshold == "32MB"
+    assert Settings.load(env={}).checkpoint_threshold == "24MB"
     srv = make_server(tmp_path / "c.duckdb", checkpoint_threshold="64MB")
     try:
         rows = sql(srv, "SELECT current_setting('checkpoint_threshold') AS c")

@@ -93,9 +93,12 @@ query), the writer hands back all but this much. Default ``16MB``; set it to ``O
 keep DuckDB's own behaviour."""
 
 OTEL_FEEDBACK_CHECKPOINT_THRESHOLD = "OTEL_FEEDBACK_CHECKPOINT_THRESHOLD"
-"""How much DuckDB write-ahead log ``serve`` lets grow before DuckDB checkpoints it into the file (DuckDB's
-``checkpoint_threshold``). Rows appended since the last checkpoint are held in memory, so this bounds the
-server's memory under sustained ingest. Default ``32MB``."""
+"""How much is appended before it is checkpointed into the file. With the journal (the default) DuckDB writes no
+WAL and the writer checkpoints after this many bytes of rows (Arrow) and 5 s after the last write; without it,
+DuckDB checkpoints once its WAL is this large (DuckDB's ``checkpoint_threshold``). Rows appended since the last
+checkpoint are held in memory, so this bounds the server's memory under sustained ingest. Default ``24MB``: about
+one DuckDB row group (16,384 rows) of LLM-app spans, so a checkpoint rarely rewrites a partly filled one (in the
+benchmark against 32MB: 10 MB less memory at the median, 7 % less CPU per span)."""
 
 OTEL_FEEDBACK_COMPILED_DECODER = "OTEL_FEEDBACK_COMPILED_DECODER"
 """``false`` decodes OTLP traces in Python even where the compiled decoder is built (for comparison: decoding is
@@ -176,7 +179,7 @@ class Settings:
     forward_to: str | None = None
     memory_limit: str = "512MB"
     memory_target: str = "128MB"
-    checkpoint_threshold: str = "32MB"
+    checkpoint_threshold: str = "24MB"
     idle_cache: str = "16MB"
     compiled_decoder: bool = True
     journal: bool = True

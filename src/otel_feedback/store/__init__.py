@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from ..config import MIN_MEMORY_BYTES, parse_size
+from ..config import MIN_MEMORY_BYTES, Settings, parse_size
 from ..errors import ConfigError, DatabaseLocked, QueryError, QueryOutOfMemory, SchemaError, StoreUnavailable
 from . import query as _query
 from .journal import Journal, journal_dir
@@ -58,9 +58,8 @@ LLM-app spans, 32 MB checkpoints: 48 k -> 150 k rows/s, 21 -> 7 us of CPU a row,
 ~20 % larger: 216 -> 255-264 bytes a span in the benchmark). ``otel-feedback compact`` rewrites the file with
 DuckDB's default groups."""
 
-DEFAULT_CHECKPOINT = "16MB"
-"""How much the writer appends between its checkpoints where none is given (DuckDB's own default
-``checkpoint_threshold``)."""
+DEFAULT_CHECKPOINT = Settings.checkpoint_threshold
+"""How much the writer appends between its checkpoints where none is given (as ``serve``: about one row group)."""
 
 _RESERVED_CATALOGS = frozenset({"memory", "system", "temp", "main", ""})
 
