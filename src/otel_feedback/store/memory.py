@@ -56,6 +56,9 @@ WRITE_ROOM_BYTES = 32 << 20
 """Least room an append starts with beside running queries (more for a larger append: three times its Arrow
 size, for the rows in the transaction and their merge into the table at commit)."""
 
+LOWER_RETRY_S = 0.25
+"""How soon the writer tries again to lower a raised limit that running queries kept it from lowering."""
+
 WRITE_WAIT_S = 30.0
 """Longest an append waits for queries to release memory before it is tried regardless."""
 
@@ -97,7 +100,8 @@ class MemoryGovernor:
         self._readers = 0
         self._escalated = 0
         self._dirty = False  # something may have been cached since the last trim
-        self._lower = False  # an escalation ended while other work held more than the target
+        self._raised = False  # DuckDB's limit is ``limit`` (an escalation raised it; only the writer lowers it)
+        self._lower_at = 0.0  # when the writer may try to lower it again
         self._last_trim = 0.0
         self._last_read = 0.0  # when the last query ended
         self.wake: Callable[[], None] | None = None
@@ -136,25 +140,28 @@ class MemoryGovernor:
     @contextmanager
     def escalated(self, write: bool = False) -> Iterator[None]:
         """DuckDB's limit raised to ``limit`` until the last escalated piece of work ends (``write``: an append's,
-        counted apart from queries')."""
+        on the writer thread, counted apart from queries'). Raising is safe from any thread; lowering is not (an
+        append committing at that moment could find itself short, which DuckDB treats as fatal), so only the
+        writer thread lowers the limit again: at once after its own escalation, else when :meth:`due_in` says."""
         with self._lock:
             self._escalated += 1
             if write:
                 self.write_escalations += 1
             else:
                 self.escalations += 1
-            if self._escalated == 1:
+            if not self._raised:
                 self._set(self.limit)
+                self._raised = True
         try:
             yield
         finally:
             with self._lock:
                 self._escalated -= 1
-                if self._escalated == 0:
-                    try:
-                        self._set(self.target)
-                    except duckdb.Error:  # other work holds more than the target now: the next trim lowers it
-                        self._dirty = self._lower = True
+                last = self._escalated == 0
+            if last and write:
+                self.lower()
+            elif last and self.wake is not None:
+                self.wake()
 
     def run(self, work: Callable[[], T], out_of_memory: type[BaseException]) -> T:
         """``work()`` as a query; once more under :meth:`escalated` if it raised ``out_of_memory`` within the
@@ -174,6 +181,20 @@ class MemoryGovernor:
     @property
     def is_escalated(self) -> bool:
         return self._escalated > 0
+
+    def lower(self) -> bool:
+        """On the writer thread, between transactions: the limit back to the target once nothing escalated runs;
+        False if DuckDB holds more than the target now (tried again a little later)."""
+        with self._lock:
+            if not self._raised or self._escalated:
+                return not self._raised
+            try:
+                self._set(self.target)
+            except duckdb.Error:  # running queries hold more than the target: try again soon
+                self._lower_at = time.monotonic() + LOWER_RETRY_S
+                return False
+            self._raised = False
+            return True
 
     def _set(self, size: str) -> None:
         con = self._connect()
@@ -195,7 +216,7 @@ class MemoryGovernor:
         deadline = time.monotonic() + WRITE_WAIT_S
         while True:
             held = self._held(con)
-            current = self._limit_bytes if self._escalated else self._target_bytes
+            current = self._limit_bytes if self._raised else self._target_bytes
             if current - held >= need or not self._readers:
                 return nullcontext()
             if self.can_escalate and self._limit_bytes - held >= need:
@@ -222,12 +243,23 @@ class MemoryGovernor:
         self._dirty = True
 
     def due_in(self) -> float | None:
-        """Seconds until a trim is due (0: now); None while nothing was written or read since the last one, or
-        while a query runs (the last one to end calls :attr:`wake`)."""
-        if not self._dirty or self._readers:
-            return None
-        due = max(self._last_trim + self.interval_s, self._last_read + self.grace_s)
-        return max(0.0, due - time.monotonic())
+        """Seconds until the writer thread should call :meth:`maintain` (0: now); None while nothing is to do: no
+        raised limit to lower, and nothing written or read since the last trim or a query running (the last
+        query to end calls :attr:`wake`)."""
+        now = time.monotonic()
+        waits = []
+        if self._raised and not self._escalated:
+            waits.append(max(0.0, self._lower_at - now))
+        if self._dirty and not self._readers:
+            waits.append(max(0.0, max(self._last_trim + self.interval_s, self._last_read + self.grace_s) - now))
+        return min(waits) if waits else None
+
+    def maintain(self, con: duckdb.DuckDBPyConnection) -> None:
+        """On the writer thread, between transactions: lower a raised limit, trim the cache, whichever is due."""
+        if self._raised and not self._escalated and time.monotonic() >= self._lower_at:
+            self.lower()
+        if self._dirty and not self._readers:
+            self.trim(con)
 
     def trim(self, con: duckdb.DuckDBPyConnection) -> int:
         """Evict cached blocks beyond ``keep_bytes`` (and :data:`MARGIN_BYTES`) unless a query is running; the
@@ -251,15 +283,13 @@ class MemoryGovernor:
                 except duckdb.Error as exc:  # more is pinned than that: DuckDB evicted what it could
                     _log.debug("otel-feedback: cache trim stopped short: %s", exc)
                 finally:
-                    con.execute(f"SET memory_limit = '{self.target}'")
-                    self._lower = False
+                    restore = self.limit if self._escalated else self.target
+                    con.execute(f"SET memory_limit = '{restore}'")
+                    self._raised = bool(self._escalated)
                 after = con.execute(
                     "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = ?", [CACHED_TAG]
                 ).fetchall()[0][0]
                 evicted = max(0, int(cached) - int(after))
-            elif self._lower and not self._escalated:
-                con.execute(f"SET memory_limit = '{self.target}'")
-                self._lower = False
             elapsed = time.monotonic() - started
         self.trims += 1
         self.evicted_bytes += evicted

@@ -501,7 +501,7 @@ class Writer:
     def _trim(self) -> None:
         assert self._memory is not None
         try:
-            self._memory.trim(self._con)
+            self._memory.maintain(self._con)
         except Exception:  # never let the worker die over a cache trim
             _log.exception("otel-feedback writer: cache trim failed")
 
