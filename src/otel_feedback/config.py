@@ -88,8 +88,8 @@ limit to give every query the whole limit at once."""
 
 OTEL_FEEDBACK_IDLE_CACHE = "OTEL_FEEDBACK_IDLE_CACHE"
 """How much of DuckDB's cache of the file ``serve`` keeps while no query runs. DuckDB keeps the blocks it writes
-and reads up to its limit although ingest never reads them again; a second after the last write (or the last
-query), the writer hands back all but this much. Default ``16MB``; set it to ``OTEL_FEEDBACK_MEMORY_TARGET`` to
+and reads up to its limit although ingest never reads them again; at most once a second, once no query has run
+for a quarter of a second, the writer hands back all but this much. Default ``16MB``; set it to ``OTEL_FEEDBACK_MEMORY_TARGET`` to
 keep DuckDB's own behaviour."""
 
 OTEL_FEEDBACK_CHECKPOINT_THRESHOLD = "OTEL_FEEDBACK_CHECKPOINT_THRESHOLD"
