@@ -347,3 +347,22 @@ def test_an_append_beside_queries_that_hold_memory_gets_the_limit_or_waits(
         assert str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]) == shown("64MB")
     finally:
         con.close()
+
+
+def test_stores_sharing_a_file_in_one_process_share_its_governor(tmp_path: Path) -> None:
+    """One DuckDB instance, one memory limit: a second read-write Store and a read-only one of the file use the
+    governor of the first (their queries keep trims off too); only the first one's writer maintains it."""
+    path = tmp_path / "shared.duckdb"
+    with open_store(path, "0MB") as first:
+        second = Store(path, memory_limit="256MB", memory_target="64MB", idle_cache="0MB")
+        reader = Store(path, read_only=True)
+        try:
+            assert first.memory is not None
+            assert second.memory is first.memory and reader.memory is first.memory
+            assert second.writer is not None and second.writer._memory is None
+            with reader.reading():
+                assert first.memory.readers == 1
+            assert setting(first, "memory_limit") == shown("512MB")  # the second Store's settings did not apply
+        finally:
+            reader.close()
+            second.close()

@@ -74,6 +74,8 @@ class _Instance:
         self.catalog = catalog
         self.wal = wal
         """Whether DuckDB writes its WAL for the file (else a commit is in the file only after a checkpoint)."""
+        self.memory: MemoryGovernor | None = None
+        """The governor of the instance's memory, if a Store (``serve``'s) set one up; its writer maintains it."""
         self.users = 0
 
     def use(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
@@ -204,6 +206,25 @@ def _recover(con: duckdb.DuckDBPyConnection, path: str) -> tuple[duckdb.DuckDBPy
     return _open(path, True)
 
 
+def _governor(con: duckdb.DuckDBPyConnection, limit: str, target: str, idle_cache: str) -> MemoryGovernor:
+    """A governor of the instance of ``con`` (see :mod:`.memory`), with DuckDB set to work within the target."""
+    if parse_size(target) >= parse_size(limit):
+        target = limit
+    if parse_size(target) < MIN_MEMORY_BYTES:
+        raise ConfigError(f"memory target {target} is too small: DuckDB needs at least 16MB")
+    governor = MemoryGovernor(target, limit, parse_size(idle_cache), con.cursor, can_escalate=target != limit)
+    # DuckDB's allocator hands freed memory back after a task that used over 128 MB: lower, so a checkpoint's or a
+    # big query's peak does not stay (VmHWM under ingest 395-404 -> 331-352 MB at a 512MB limit, no more CPU)
+    con.execute("SET allocator_flush_threshold = '16MB'")
+    try:
+        con.execute(f"SET memory_limit = '{target}'")
+    except duckdb.OutOfMemoryException:
+        raise ConfigError(
+            f"memory target {target} is too small: DuckDB holds more than that with the file open"
+        ) from None
+    return governor
+
+
 class Store:
     """An open otel-feedback database file."""
 
@@ -237,6 +258,7 @@ class Store:
         self._lock = threading.Lock()
         self._closed = False
         self.memory: MemoryGovernor | None = None
+        governs = False  # whether this Store's writer maintains self.memory (trims, lowering the limit)
         # Where this Store will own the journal, DuckDB need not write its WAL as well (see _attach).
         owns_journal = journal and not read_only and self.path != ":memory:" and _key(self.path) not in _LIVE_WRITERS
         self._con, self._instance = _open(self.path, read_only, wal=not owns_journal)
@@ -248,10 +270,13 @@ class Store:
                 check_version(version, self.path)
                 if _key(self.path) not in _LIVE_WRITERS and _unapplied(self._con, self.path):
                     self._con, self._instance = _recover(self._con, self.path)
+                if self._instance is not None:  # the file is held read-write in this process: queries count
+                    self.memory = self._instance.memory
                 self.writer: Writer | None = None
             else:
+                governed = self._instance is not None and self._instance.memory is not None
                 for setting, value in (("memory_limit", memory_limit), ("checkpoint_threshold", checkpoint_threshold)):
-                    if value:
+                    if value and not (governed and setting == "memory_limit"):  # the governor's limit stands
                         self._con.execute(f"SET {setting} = '{value}'")
                 migrate(self._con, self.path, __version__)
                 for _name, ddl in VIEWS:
@@ -263,27 +288,11 @@ class Store:
                     # Not lock_configuration as well: the cache trim changes memory_limit while serving. Queries
                     # sent to a server are single SELECTs (checked with DuckDB's parser), which cannot SET.
                     self._con.execute("SET enable_external_access = false")
-                if memory_limit and memory_target and idle_cache is not None and self.path != ":memory:":
-                    target = memory_target if parse_size(memory_target) < parse_size(memory_limit) else memory_limit
-                    if parse_size(target) < MIN_MEMORY_BYTES:
-                        raise ConfigError(f"memory target {target} is too small: DuckDB needs at least 16MB")
-                    self.memory = MemoryGovernor(
-                        target,
-                        memory_limit,
-                        parse_size(idle_cache),
-                        self._con.cursor,
-                        can_escalate=target != memory_limit,
-                    )
-                    # DuckDB's allocator hands freed memory back after a task that used over 128 MB: lower, so a
-                    # checkpoint's or a big query's peak does not stay (VmHWM under ingest 395-404 -> 331-352 MB at
-                    # a 512MB limit, no more CPU)
-                    self._con.execute("SET allocator_flush_threshold = '16MB'")
-                    try:
-                        self._con.execute(f"SET memory_limit = '{target}'")
-                    except duckdb.OutOfMemoryException:
-                        raise ConfigError(
-                            f"memory target {target} is too small: DuckDB holds more than that with the file open"
-                        ) from None
+                if self._instance is not None and self._instance.memory is not None:
+                    self.memory = self._instance.memory  # another Store of this process governs it: its queries count
+                elif memory_limit and memory_target and idle_cache is not None and self._instance is not None:
+                    self.memory = self._instance.memory = _governor(self._con, memory_limit, memory_target, idle_cache)
+                    governs = True
                 # The journal belongs to the first read-write Store of a file in this process. A second one shares
                 # its database but not its journal (two would replay and delete each other's records): it
                 # acknowledges after commit.
@@ -305,7 +314,7 @@ class Store:
                     queue_rows=queue_rows,
                     commit_rows=commit_rows,
                     journal=wal,
-                    memory=self.memory,
+                    memory=self.memory if governs else None,
                     checkpoint_bytes=checkpoint_bytes,
                 )
                 if wal is not None:

@@ -7,7 +7,9 @@ Callers hand :meth:`Writer.submit` a mapping of table name -> Arrow table and ge
   the job to the journal and ``fdatasync``ed it, together with every other job that arrived meanwhile. The
   DuckDB thread then applies journaled jobs in order, as many as fit in ``commit_rows`` per transaction, and
   records the last applied journal LSN in the same transaction. Queries wait for what was acknowledged before
-  them (:meth:`Writer.wait_applied`), so an acknowledged write is always visible to the next query.
+  them (:meth:`Writer.wait_applied`), so an acknowledged write is always visible to the next query. DuckDB
+  writes no WAL for such a database (the journal is the durable copy): the writer checkpoints it itself
+  (``checkpoint_bytes``), and lets journal files go only once a checkpoint holds them.
 - without one (``:memory:``, or ``OTEL_FEEDBACK_JOURNAL=false``), once the DuckDB transaction holding them has
   committed (a committed DuckDB transaction is in its WAL and survives ``kill -9``).
 
@@ -19,6 +21,9 @@ The queue is bounded in rows: when it is full, ``submit`` raises :class:`QueueFu
 memory stays bounded and clients back off; and the journal thread stops acknowledging while DuckDB is more than
 ``lag_rows`` behind, so acknowledged-but-not-applied rows (memory, and how long a query may wait) stay bounded
 too. If a group fails in DuckDB, each job in it is retried alone so one bad request cannot fail its neighbours.
+
+With a :class:`~.memory.MemoryGovernor`, the writer thread also trims DuckDB's cache and lowers a raised memory
+limit between transactions, and gives an append room before it starts beside running queries.
 """
 
 from __future__ import annotations
