@@ -371,16 +371,20 @@ class Store:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own for reading on the calling thread (close it when done). It sees every write
         acknowledged before the call: with the journal, this waits until DuckDB has them (a commit's time)."""
-        # Its own writer, and the journaling writer of the file in this process when that is another Store's.
-        live = _LIVE_WRITERS.get(_key(self.path))
-        for writer in (self.writer, live if live is not self.writer else None):
-            if writer is not None and not writer.wait_applied():
-                _log.warning("otel-feedback: the writer is behind by more than 10 s; this query may miss recent writes")
+        self._wait_applied()
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is closed")
             cur = self._con.cursor()
         return self._instance.use(cur) if self._instance is not None else cur
+
+    def _wait_applied(self) -> None:
+        """Until DuckDB has every write acknowledged before now: of its own writer, and of the journaling writer of
+        the file in this process when that is another Store's."""
+        live = _LIVE_WRITERS.get(_key(self.path))
+        for writer in (self.writer, live if live is not self.writer else None):
+            if writer is not None and not writer.wait_applied():
+                _log.warning("otel-feedback: the writer is behind by more than 10 s; this query may miss recent writes")
 
     def reading(self) -> contextlib.AbstractContextManager[None]:
         """Around a query's run: DuckDB's cache is not trimmed meanwhile (see :mod:`.memory`)."""
@@ -391,6 +395,9 @@ class Store:
         target, once more with the whole limit if it raised :class:`QueryOutOfMemory`."""
         if self.memory is None:
             return work()
+        # Waiting for the writer first: a query counts as running only once it runs, so the append it waits for
+        # does not make room beside it (and a trim due right after that append is not held back by it).
+        self._wait_applied()
         return self.memory.run(work, QueryOutOfMemory)
 
     def query(
