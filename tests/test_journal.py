@@ -359,3 +359,21 @@ def test_a_second_writer_of_the_file_without_the_journal_is_durable_too(tmp_path
     )
     with Store(db) as store:
         assert count(store) == 8
+
+
+def test_a_trickle_of_writes_does_not_keep_a_burst_from_its_checkpoint(tmp_path: Path) -> None:
+    """Writes every 0.1 s would put the idle checkpoint off forever: the oldest unsaved write sets a deadline."""
+    with Store(tmp_path / "trickle.duckdb") as store:
+        writer = store.writer
+        assert writer is not None
+        writer._checkpoint_idle = 5.0
+        writer._checkpoint_max_age = 0.5
+        store.append({"span_log": span_table(2_000, "burst")})
+        deadline = time.monotonic() + WAIT_S
+        i = 0
+        while writer.stats.checkpoints == 0:
+            assert time.monotonic() < deadline, "no checkpoint under a trickle of writes"
+            store.append({"feedback_log": feedback_table([f"t{i}"])})
+            i += 1
+            time.sleep(0.1)
+        assert i < 30  # within about the deadline, not after the trickle ends

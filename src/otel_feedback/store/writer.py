@@ -181,7 +181,9 @@ class Writer:
     ``checkpoint_bytes`` is for a database DuckDB writes no WAL for (attached with ``RECOVERY_MODE
     no_wal_writes``, where the journal already makes every acknowledged write durable): a commit is then only in
     memory until a checkpoint writes it into the file, so the writer checkpoints itself once that many bytes of
-    rows were appended since the last one, and ``checkpoint_idle_s`` after the last write; journal files are
+    rows were appended since the last one, ``checkpoint_idle_s`` after the last write, and at the latest
+    ``checkpoint_max_age_s`` after the first write since the last one (a trickle of feedback must not keep the
+    rows of a burst of ingest in memory, and in the journal, indefinitely); journal files are
     deleted only once a checkpoint holds every record in them. ``0`` (a writer without a journal on such a
     database) checkpoints every commit before acknowledging it."""
 
@@ -198,6 +200,7 @@ class Writer:
         memory: MemoryGovernor | None = None,
         checkpoint_bytes: int | None = None,
         checkpoint_idle_s: float = 5.0,
+        checkpoint_max_age_s: float = 15.0,
     ) -> None:
         if queue_rows < 1:
             raise ValueError(f"queue_rows must be >= 1, got {queue_rows}")
@@ -215,7 +218,9 @@ class Writer:
         # Checkpoints the writer runs itself, where DuckDB writes no WAL (see checkpoint_bytes in the class doc).
         self._checkpoint_bytes = checkpoint_bytes
         self._checkpoint_idle = checkpoint_idle_s
+        self._checkpoint_max_age = checkpoint_max_age_s
         self._unsaved_bytes = 0  # appended since the last checkpoint (no-WAL only)
+        self._first_write = 0.0  # the first of them
         self._last_write = 0.0
         self.checkpoint_failed: Exception | None = None
         self._rules = table_rules(con)
@@ -516,7 +521,8 @@ class Writer:
         trim = self._memory.due_in() if self._memory is not None else None
         checkpoint = None
         if self._checkpoint_bytes is not None and self._unsaved_bytes:
-            checkpoint = max(0.0, self._last_write + self._checkpoint_idle - time.monotonic())
+            due = min(self._last_write + self._checkpoint_idle, self._first_write + self._checkpoint_max_age)
+            checkpoint = max(0.0, due - time.monotonic())
         waits = [w for w in (self._linger_left(), trim, checkpoint) if w is not None]
         return min(waits) if waits else None
 
@@ -526,6 +532,7 @@ class Writer:
         return (
             self._unsaved_bytes >= self._checkpoint_bytes
             or time.monotonic() - self._last_write >= self._checkpoint_idle
+            or time.monotonic() - self._first_write >= self._checkpoint_max_age
             or self._closed
         )
 
@@ -538,7 +545,7 @@ class Writer:
         except Exception as exc:  # the journal still has everything: retried after the next write, or at close
             self.checkpoint_failed = exc
             _log.error("otel-feedback writer: checkpoint failed (the journal keeps the writes): %s", exc)
-            self._last_write = time.monotonic()
+            self._last_write = self._first_write = time.monotonic()  # tried again in checkpoint_idle_s
             return False
         self.checkpoint_failed = None
         self._unsaved_bytes = 0
@@ -654,6 +661,8 @@ class Writer:
 
     def _wrote_unsaved(self, nbytes: int = 1) -> None:
         if self._checkpoint_bytes is not None:
+            if not self._unsaved_bytes:
+                self._first_write = time.monotonic()
             self._unsaved_bytes += nbytes
             self._last_write = time.monotonic()
 
