@@ -366,3 +366,26 @@ def test_stores_sharing_a_file_in_one_process_share_its_governor(tmp_path: Path)
         finally:
             reader.close()
             second.close()
+
+
+def test_maintain_does_only_what_is_due(tmp_path: Path) -> None:
+    """Lowering a raised limit is due at once; a trim only once ``interval_s`` has passed since the last one."""
+    con = duckdb.connect(str(tmp_path / "due.duckdb"))
+    try:
+        gov = MemoryGovernor("64MB", "512MB", 0, con.cursor, interval_s=60.0, grace_s=0.0)
+        con.execute("SET memory_limit = '64MB'")
+        gov.wrote()
+        assert gov.due_in() == 0.0
+        gov.maintain(con)
+        assert gov.trims == 1
+        gov.wrote()
+        assert gov.due_in() is not None and gov.due_in() > 50  # the next trim waits for its interval
+        with gov.escalated():  # a query's: the limit stays raised until the writer lowers it
+            assert str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]) == shown("512MB")
+        assert gov.due_in() == 0.0  # lowering is due now
+        gov.maintain(con)
+        assert gov.trims == 1, "trimmed before its interval"
+        assert str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]) == shown("64MB")
+        assert gov.due_in() is not None and gov.due_in() > 50
+    finally:
+        con.close()

@@ -9,7 +9,7 @@ Layers, each enough on its own for most escapes:
    change survives;
 3. the engine is locked down at server start (``enable_external_access=false`` - no files, no
    ATTACH, no INSTALL - which DuckDB refuses to turn back on while the database is open). The configuration
-   is not locked (the server trims DuckDB's cache by changing ``memory_limit``, :mod:`.store.cache`): a SET
+   is not locked (the server trims DuckDB's cache by changing ``memory_limit``, :mod:`.store.memory`): a SET
    is refused by layer 1, as it is not a SELECT;
 4. a row cap (``truncated``) and a time limit (interrupt; the error names the setting).
 

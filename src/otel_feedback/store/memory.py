@@ -252,26 +252,30 @@ class MemoryGovernor:
         """Seconds until the writer thread should call :meth:`maintain` (0: now); None while nothing is to do: no
         raised limit to lower, and nothing written or read since the last trim or a query running (the last
         query to end calls :attr:`wake`)."""
-        now = time.monotonic()
-        waits = []
-        if self._raised and not self._escalated:
-            waits.append(max(0.0, self._lower_at - now))
-        if self._dirty and not self._readers:
-            waits.append(max(0.0, max(self._last_trim + self.interval_s, self._last_read + self.grace_s) - now))
+        waits = [w for w in (self._lower_in(), self._trim_in()) if w is not None]
         return min(waits) if waits else None
+
+    def _lower_in(self) -> float | None:
+        if not self._raised or self._escalated:
+            return None
+        return max(0.0, self._lower_at - time.monotonic())
+
+    def _trim_in(self) -> float | None:
+        if not self._dirty or self._readers:
+            return None
+        return max(0.0, max(self._last_trim + self.interval_s, self._last_read + self.grace_s) - time.monotonic())
 
     def maintain(self, con: duckdb.DuckDBPyConnection) -> None:
         """On the writer thread, between transactions: lower a raised limit, trim the cache, whichever is due."""
-        if self._raised and not self._escalated and time.monotonic() >= self._lower_at:
+        if self._lower_in() == 0.0:
             self.lower()
-        if self._dirty and not self._readers:
+        if self._trim_in() == 0.0:
             self.trim(con)
 
     def trim(self, con: duckdb.DuckDBPyConnection) -> int:
         """Evict cached blocks beyond ``keep_bytes`` (and :data:`MARGIN_BYTES`) unless a query is running; the
-        bytes evicted. Run it on the
-        thread that owns ``con`` for writing, between transactions (the writer thread), so no append runs
-        during the moment the limit is low."""
+        bytes evicted. Run it on the thread that owns ``con`` for writing, between transactions (the writer
+        thread), so no append runs during the moment the limit is low."""
         with self._lock:  # a query that starts now waits until the limit is back
             if self._readers:
                 return 0  # the last one to end marks the next trim due
