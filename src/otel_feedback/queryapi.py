@@ -198,7 +198,7 @@ class QueryEndpoint:
             finally:
                 cur.close()
 
-        return self.store.read(work)
+        return self.store.read(work, sql)
 
     def _rows(self, sql: str, params: Any, max_rows: int) -> Any:
         return self._run_rolled_back(

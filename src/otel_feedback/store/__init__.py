@@ -390,15 +390,16 @@ class Store:
         """Around a query's run: DuckDB's cache is not trimmed meanwhile (see :mod:`.memory`)."""
         return self.memory.reading() if self.memory is not None else contextlib.nullcontext()
 
-    def read(self, work: Callable[[], T]) -> T:
+    def read(self, work: Callable[[], T], sql: str | None = None) -> T:
         """``work()``, a query on cursors of this store, under :meth:`reading`; where DuckDB runs within a memory
-        target, once more with the whole limit if it raised :class:`QueryOutOfMemory`."""
+        target, once more with the whole limit if it raised :class:`QueryOutOfMemory` (and, given its ``sql``,
+        within the limit at once the next time)."""
         if self.memory is None:
             return work()
         # Waiting for the writer first: a query counts as running only once it runs, so the append it waits for
         # does not make room beside it (and a trim due right after that append is not held back by it).
         self._wait_applied()
-        return self.memory.run(work, QueryOutOfMemory)
+        return self.memory.run(work, QueryOutOfMemory, key=sql)
 
     def query(
         self,
@@ -417,7 +418,7 @@ class Store:
             finally:
                 cur.close()
 
-        return self.read(work)
+        return self.read(work, sql)
 
     def arrow(self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None) -> pa.Table:
         """The full result of one statement as an Arrow table."""
@@ -431,7 +432,7 @@ class Store:
             finally:
                 cur.close()
 
-        return self.read(work)
+        return self.read(work, sql)
 
     def stream(
         self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None, chunk_rows: int = 10_000

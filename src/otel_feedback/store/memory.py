@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TypeVar
@@ -61,6 +62,9 @@ CACHED_TAG = "BASE_TABLE"
 WRITE_ROOM_BYTES = 32 << 20
 """Least room an append starts with beside running queries (more for a larger append: three times its Arrow
 size, for the rows in the transaction and their merge into the table at commit)."""
+
+HUNGRY_QUERIES = 256
+"""How many queries that ran out of memory within the target are remembered (and then run within the limit)."""
 
 LOWER_RETRY_S = 0.25
 """How soon the writer tries again to lower a raised limit that running queries kept it from lowering."""
@@ -110,11 +114,14 @@ class MemoryGovernor:
         self._lower_at = 0.0  # when the writer may try to lower it again
         self._last_trim = 0.0
         self._last_read = 0.0  # when the last query ended
+        self._hungry: OrderedDict[str, None] = OrderedDict()  # queries that needed more than the target
         self.wake: Callable[[], None] | None = None
         """Called when the last running query ends (a trim becomes due): the writer thread waits on it."""
         self.trims = 0
         self.escalations = 0
-        """Queries run again within the limit."""
+        """Queries run within the limit: again after running out within the target, or at once when remembered."""
+        self.reruns = 0
+        """Queries that ran out of memory within the target (and ran again)."""
         self.write_escalations = 0
         """Appends given the limit: for room beside queries, or after running out within the target."""
         self.evicted_bytes = 0
@@ -169,18 +176,29 @@ class MemoryGovernor:
             elif last and self.wake is not None:
                 self.wake()
 
-    def run(self, work: Callable[[], T], out_of_memory: type[BaseException]) -> T:
+    def run(self, work: Callable[[], T], out_of_memory: type[BaseException], key: str | None = None) -> T:
         """``work()`` as a query; once more under :meth:`escalated` if it raised ``out_of_memory`` within the
-        target."""
+        target. ``key`` (the SQL) remembers the queries that needed more: the next time they run within the limit
+        at once instead of twice (the :data:`HUNGRY_QUERIES` most recent)."""
         with self.reading():
-            try:
-                return work()
-            except out_of_memory:
-                if not self.can_escalate:
-                    raise
-                _log.info(
-                    "otel-feedback: a query ran out of memory within %s; again within %s", self.target, self.limit
-                )
+            if key is None or key not in self._hungry:
+                try:
+                    return work()
+                except out_of_memory:
+                    if not self.can_escalate:
+                        raise
+                    self.reruns += 1
+                    _log.info(
+                        "otel-feedback: a query ran out of memory within %s; again within %s", self.target, self.limit
+                    )
+                if key is not None:
+                    with self._lock:
+                        self._hungry[key] = None
+                        while len(self._hungry) > HUNGRY_QUERIES:
+                            self._hungry.popitem(last=False)
+            else:
+                with self._lock:
+                    self._hungry.move_to_end(key)
             with self.escalated():
                 return work()
 
