@@ -83,7 +83,7 @@ OTEL_FEEDBACK_MEMORY_TARGET = "OTEL_FEEDBACK_MEMORY_TARGET"
 ``OTEL_FEEDBACK_MEMORY_LIMIT``). DuckDB fills whatever limit it has with cached blocks of the file, so this sets
 the server's memory while queries run. Some queries need far more than their data (each hash table takes 8-16 MB
 whatever its input: the report's ``judge_agreement`` ~150 MB on a 144-span file); those run again within the
-limit, in twice the time. And what queries read is cached within it: a ``spans`` lookup by trace id reads ~30 MB
+limit, in twice the time, and are remembered by their SQL, so that they run within the limit at once the next time. And what queries read is cached within it: a ``spans`` lookup by trace id reads ~30 MB
 of ids per million spans, which stops fitting beside the rows not yet checkpointed at around 1-2 M spans, and then
 every lookup reads them again (feedback-to-visible p50 ~5 ms slower at 1 M spans than at 512MB). Default ``128MB``
 (the benchmark's views over 2 M spans run within it); raise it for a large file when lookups must be fast, or set
