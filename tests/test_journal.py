@@ -30,16 +30,33 @@ from tests.test_core_store import WAIT_S, Gate, count, feedback_table, span_tabl
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _crash_after_acks(db: Path, jobs: int, *, hold_duckdb: bool = True) -> str:
-    """A child process opens ``db``, holds its DuckDB thread (so nothing reaches DuckDB), submits ``jobs`` jobs of
-    3 spans and 1 feedback record, prints ``acked`` once all are acknowledged and waits: the test kills it with
-    SIGKILL. Returns what the child printed."""
-    code = textwrap.dedent(
+def _kill9_once_ready(code: str) -> None:
+    """A child process runs ``code`` (``Store``, ``Gate``, ``span_table`` and ``feedback_table`` at hand), prints
+    ``ready`` and waits; the test kills it with SIGKILL."""
+    script = textwrap.dedent(
         f"""
         import sys, threading
         sys.path.insert(0, {str(ROOT)!r})
         from otel_feedback.store import Store
         from tests.test_core_store import Gate, span_table, feedback_table
+        """
+    )
+    script += textwrap.dedent(code) + '\nprint("ready", flush=True)\nthreading.Event().wait(60)\n'
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"child said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(WAIT_S)
+
+
+def _crash_after_acks(db: Path, jobs: int, *, hold_duckdb: bool = True) -> None:
+    """A child process opens ``db``, holds its DuckDB thread (so nothing reaches DuckDB), submits ``jobs`` jobs of
+    3 spans and 1 feedback record, and is killed with SIGKILL once all are acknowledged."""
+    _kill9_once_ready(
+        f"""
         store = Store({str(db)!r})
         if {hold_duckdb!r}:
             Gate(store)
@@ -48,19 +65,8 @@ def _crash_after_acks(db: Path, jobs: int, *, hold_duckdb: bool = True) -> str:
             for i in range({jobs})
         ]
         assert [f.result(30) for f in futures] == [4] * {jobs}
-        print("acked", flush=True)
-        threading.Event().wait(60)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "acked", f"child said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(WAIT_S)
-    return line
 
 
 def test_journal_round_trips_a_job() -> None:
@@ -279,37 +285,11 @@ def test_records_reach_the_file_whole_through_short_writes(tmp_path: Path, monke
     assert calls > len(b"".join(parts)) // 7_777  # it really was cut short every time
 
 
-def _crash_after_applied(db: Path, code: str) -> None:
-    """A child runs ``code`` (with ``store``, ``span_table`` and ``feedback_table`` at hand), prints ``ready`` and
-    waits; the test kills it with SIGKILL."""
-    script = (
-        textwrap.dedent(
-            f"""
-        import sys, threading
-        sys.path.insert(0, {str(ROOT)!r})
-        from otel_feedback.store import Store
-        from tests.test_core_store import span_table, feedback_table
-        """
-        )
-        + textwrap.dedent(code)
-        + '\nprint("ready", flush=True)\nthreading.Event().wait(60)\n'
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "ready", f"child said {line!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(WAIT_S)
-
-
 def test_kill9_after_duckdb_applied_but_before_a_checkpoint_loses_nothing(tmp_path: Path) -> None:
     """DuckDB writes no WAL beside the journal: what it applied is only in memory until the writer checkpoints,
     so the journal files stay until then, even once full (rotated)."""
     db = tmp_path / "applied.duckdb"
-    _crash_after_applied(
-        db,
+    _kill9_once_ready(
         f"""
         store = Store({str(db)!r})
         store.writer._journal.rotate_bytes = 2_000  # every record fills a file
@@ -346,8 +326,7 @@ def test_a_second_writer_of_the_file_without_the_journal_is_durable_too(tmp_path
     """The first read-write Store of a file owns the journal (and DuckDB writes no WAL); a second one in the same
     process acknowledges only once a checkpoint has its rows in the file."""
     db = tmp_path / "second.duckdb"
-    _crash_after_applied(
-        db,
+    _kill9_once_ready(
         f"""
         first = Store({str(db)!r})
         second = Store({str(db)!r})

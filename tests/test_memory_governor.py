@@ -329,7 +329,7 @@ def test_an_append_beside_queries_that_hold_memory_gets_the_limit_or_waits(
         monkeypatch.setattr(MemoryGovernor, "_held", staticmethod(lambda c: held["bytes"]))
 
         def limit_inside(size: int) -> str:
-            with gov.room_to_write(con, lambda: size):
+            with gov.room_to_write(con, size):
                 return str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
 
         held["bytes"] = 60 * MB

@@ -373,7 +373,8 @@ class Source:
         import duckdb
 
         statement = check_sql(sql, frozenset(duckdb.StatementType.__members__.values()))
-        with self.store.reading():
+
+        def work() -> pa.Table:
             cur = self.store.cursor()
             try:
                 rel = cur.sql(statement, params=params or None)
@@ -393,6 +394,8 @@ class Source:
                 raise QueryError(str(exc).strip()) from None
             finally:
                 cur.close()
+
+        return self.store.read(work, statement)
 
     def rows(self, sql: str, params: dict[str, Any] | list[Any] | None = None) -> list[dict[str, Any]]:
         """The result of one statement as a list of dicts (column name -> Python value)."""

@@ -22,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from ..config import MIN_MEMORY_BYTES, Settings, parse_size
-from ..errors import ConfigError, DatabaseLocked, QueryError, QueryOutOfMemory, SchemaError, StoreUnavailable
+from ..errors import ConfigError, DatabaseLocked, QueryOutOfMemory, SchemaError, StoreUnavailable
 from . import query as _query
 from .journal import Journal, journal_dir
 from .memory import MemoryGovernor
@@ -258,10 +258,11 @@ class Store:
         self._lock = threading.Lock()
         self._closed = False
         self.memory: MemoryGovernor | None = None
-        governs = False  # whether this Store's writer maintains self.memory (trims, lowering the limit)
         # Where this Store will own the journal, DuckDB need not write its WAL as well (see _attach).
         owns_journal = journal and not read_only and self.path != ":memory:" and _key(self.path) not in _LIVE_WRITERS
         self._con, self._instance = _open(self.path, read_only, wal=not owns_journal)
+        if self._instance is not None:  # the file is held read-write in this process: its governor counts our queries
+            self.memory = self._instance.memory
         try:
             if read_only:
                 version = file_version(self._con)
@@ -270,13 +271,10 @@ class Store:
                 check_version(version, self.path)
                 if _key(self.path) not in _LIVE_WRITERS and _unapplied(self._con, self.path):
                     self._con, self._instance = _recover(self._con, self.path)
-                if self._instance is not None:  # the file is held read-write in this process: queries count
-                    self.memory = self._instance.memory
                 self.writer: Writer | None = None
             else:
-                governed = self._instance is not None and self._instance.memory is not None
                 for setting, value in (("memory_limit", memory_limit), ("checkpoint_threshold", checkpoint_threshold)):
-                    if value and not (governed and setting == "memory_limit"):  # the governor's limit stands
+                    if value and not (self.memory is not None and setting == "memory_limit"):  # the governor's stands
                         self._con.execute(f"SET {setting} = '{value}'")
                 migrate(self._con, self.path, __version__)
                 for _name, ddl in VIEWS:
@@ -288,11 +286,12 @@ class Store:
                     # Not lock_configuration as well: the cache trim changes memory_limit while serving. Queries
                     # sent to a server are single SELECTs (checked with DuckDB's parser), which cannot SET.
                     self._con.execute("SET enable_external_access = false")
-                if self._instance is not None and self._instance.memory is not None:
-                    self.memory = self._instance.memory  # another Store of this process governs it: its queries count
-                elif memory_limit and memory_target and idle_cache is not None and self._instance is not None:
+                # This Store governs the instance's memory if it is the first to ask (its writer maintains it).
+                governs = self.memory is None and self._instance is not None
+                if governs and memory_limit and memory_target and idle_cache is not None:
+                    assert self._instance is not None
                     self.memory = self._instance.memory = _governor(self._con, memory_limit, memory_target, idle_cache)
-                    governs = True
+                governs = governs and self.memory is not None
                 # The journal belongs to the first read-write Store of a file in this process. A second one shares
                 # its database but not its journal (two would replay and delete each other's records): it
                 # acknowledges after commit.
@@ -439,32 +438,26 @@ class Store:
     ) -> tuple[list[str], list[str], Any]:
         """Columns, DuckDB type names and an iterator of row chunks (holds a cursor, and counts as a running query,
         until exhausted or closed)."""
-        reading = self.reading()
-        reading.__enter__()
-        try:
+        with contextlib.ExitStack() as running:
+            running.enter_context(self.reading())
             columns, types, chunks = _query.stream(self.cursor(), sql, params, chunk_rows=chunk_rows)
-        except BaseException:
-            reading.__exit__(None, None, None)
-            raise
-        return columns, types, _until_done(chunks, reading)
+            return columns, types, _until_done(chunks, running.pop_all())
 
     def batches(
         self, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None, batch_rows: int = 65_536
     ) -> tuple[pa.RecordBatchReader, list[str]]:
         """The result as a stream of Arrow record batches, and the names of its JSON-typed columns (counts as a
         running query until the reader is exhausted or closed)."""
-        reading = self.reading()
-        reading.__enter__()
-        cur = self.cursor()
-        try:
-            rel = cur.sql(sql, params=params or None)
-            json_cols = [name for name, t in zip(rel.columns, rel.types, strict=True) if str(t) == "JSON"]
-            reader = rel.to_arrow_reader(batch_rows)
-        except duckdb.Error as exc:
-            cur.close()
-            reading.__exit__(None, None, None)
-            raise QueryError(_query.clean_error(exc)) from None
-        return pa.RecordBatchReader.from_batches(reader.schema, _until_done(reader, reading, cur)), json_cols
+        with contextlib.ExitStack() as running:
+            running.enter_context(self.reading())
+            cur = running.enter_context(contextlib.closing(self.cursor()))
+            try:
+                rel = cur.sql(sql, params=params or None)
+                json_cols = [name for name, t in zip(rel.columns, rel.types, strict=True) if str(t) == "JSON"]
+                reader = rel.to_arrow_reader(batch_rows)
+            except duckdb.Error as exc:
+                raise _query.query_error(exc) from None
+            return pa.RecordBatchReader.from_batches(reader.schema, _until_done(reader, running.pop_all())), json_cols
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -502,14 +495,10 @@ class Store:
         self.close()
 
 
-def _until_done(items: Any, reading: contextlib.AbstractContextManager[None], cur: Any = None) -> Iterator[Any]:
-    """``items``, then the end of ``reading`` (and of the cursor ``cur``), however the iteration ends."""
-    try:
+def _until_done(items: Any, running: contextlib.ExitStack) -> Iterator[Any]:
+    """``items``, then ``running`` closed (the query's registration, its cursor), however the iteration ends."""
+    with running:
         yield from items
-    finally:
-        if cur is not None:
-            cur.close()
-        reading.__exit__(None, None, None)
 
 
 class _Shared:

@@ -22,7 +22,8 @@ whatever its input; the report's ``judge_agreement`` needs ~150 MB on a 144-span
   temporary data count as in use, so a trim never makes DuckDB spill them.
 
 Queries register while they run (:meth:`MemoryGovernor.reading`): a trim never runs under one (a query that
-starts during a trim waits for it: ~1-3 ms for a second's worth of ingest, ~30 ms for 500 MB).
+starts during a trim waits for it: 29 ms for 477 MB; in the benchmark's server a trim took about 2-17 ms on
+average and at most 8-41 ms).
 
 The writer must never run short: DuckDB treats running out of memory while a commit merges the rows appended
 into the table as fatal (the database is invalidated until it is opened again; seen with a 128MB limit and
@@ -33,7 +34,7 @@ queries of the ``spans`` view holding ~120 MB beside an apply). So:
 - the limit is only ever lowered on the writer thread, between transactions (trims, and the end of an
   escalation): raising it is safe from any thread, lowering it under a commit is not.
 
-Measured with ``bench/memory.py`` (3 raw senders flat out): VmRSS under ingest p50 ~270 MB, p99 ~300-315 MB,
+Measured with ``bench/memory.py`` (3 raw senders flat out): VmRSS under ingest p50 ~270-280 MB, p99 ~300-330 MB,
 where DuckDB's cache took it to ~450 MB and kept it there; the 128MB target against a 512MB one that is only
 trimmed: ~45 MB less at the median and ~90 MB less at the peak, for the same CPU per span.
 """
@@ -181,7 +182,7 @@ class MemoryGovernor:
         target. ``key`` (the SQL) remembers the queries that needed more: the next time they run within the limit
         at once instead of twice (the :data:`HUNGRY_QUERIES` most recent)."""
         with self.reading():
-            if key is None or key not in self._hungry:
+            if not self._hungry_again(key):
                 try:
                     return work()
                 except out_of_memory:
@@ -191,34 +192,41 @@ class MemoryGovernor:
                     _log.info(
                         "otel-feedback: a query ran out of memory within %s; again within %s", self.target, self.limit
                     )
-                if key is not None:
-                    with self._lock:
-                        self._hungry[key] = None
-                        while len(self._hungry) > HUNGRY_QUERIES:
-                            self._hungry.popitem(last=False)
-            else:
-                with self._lock:
-                    self._hungry.move_to_end(key)
+                    self._remember_hungry(key)
             with self.escalated():
                 return work()
+
+    def _hungry_again(self, key: str | None) -> bool:
+        with self._lock:
+            if key is None or key not in self._hungry:
+                return False
+            self._hungry.move_to_end(key)
+            return True
+
+    def _remember_hungry(self, key: str | None) -> None:
+        if key is None:
+            return
+        with self._lock:
+            self._hungry[key] = None
+            while len(self._hungry) > HUNGRY_QUERIES:
+                self._hungry.popitem(last=False)
 
     @property
     def is_escalated(self) -> bool:
         return self._escalated > 0
 
-    def lower(self) -> bool:
-        """On the writer thread, between transactions: the limit back to the target once nothing escalated runs;
-        False if DuckDB holds more than the target now (tried again a little later)."""
+    def lower(self) -> None:
+        """On the writer thread, between transactions: the limit back to the target once nothing escalated runs
+        (tried again a little later if DuckDB holds more than the target now)."""
         with self._lock:
             if not self._raised or self._escalated:
-                return not self._raised
+                return
             try:
                 self._set(self.target)
             except duckdb.Error:  # running queries hold more than the target: try again soon
                 self._lower_at = time.monotonic() + LOWER_RETRY_S
-                return False
+                return
             self._raised = False
-            return True
 
     def _set(self, size: str) -> None:
         con = self._connect()
@@ -229,14 +237,14 @@ class MemoryGovernor:
 
     # -- the writer thread -----------------------------------------------------------------------
 
-    def room_to_write(self, con: duckdb.DuckDBPyConnection, size: Callable[[], int]) -> AbstractContextManager[None]:
-        """Before an append of ``size()`` bytes of Arrow on the writer thread: nothing to do while no query runs
+    def room_to_write(self, con: duckdb.DuckDBPyConnection, nbytes: int) -> AbstractContextManager[None]:
+        """Before an append of ``nbytes`` of Arrow on the writer thread: nothing to do while no query runs
         (only cached blocks, which DuckDB drops for the writer, and the writer's own rows are in memory); else
         :meth:`escalated` when the current limit leaves too little room beside what is held, after waiting (up to
         :data:`WRITE_WAIT_S`) for the queries if even the ceiling does."""
         if not self._readers:
             return nullcontext()
-        need = max(WRITE_ROOM_BYTES, 3 * size())
+        need = max(WRITE_ROOM_BYTES, 3 * nbytes)
         deadline = time.monotonic() + WRITE_WAIT_S
         while True:
             held = self._held(con)
@@ -311,9 +319,9 @@ class MemoryGovernor:
                 except duckdb.Error as exc:  # more is pinned than that: DuckDB evicted what it could
                     _log.debug("otel-feedback: cache trim stopped short: %s", exc)
                 finally:
-                    restore = self.limit if self._escalated else self.target
-                    con.execute(f"SET memory_limit = '{restore}'")
-                    self._raised = bool(self._escalated)
+                    # the target: no query runs (a query's escalation would count as one), nor an append
+                    con.execute(f"SET memory_limit = '{self.target}'")
+                    self._raised = False
                 after = con.execute(
                     "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = ?", [CACHED_TAG]
                 ).fetchall()[0][0]

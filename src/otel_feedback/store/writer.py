@@ -222,7 +222,7 @@ class Writer:
         self._unsaved_bytes = 0  # appended since the last checkpoint (no-WAL only)
         self._first_write = 0.0  # the first of them
         self._last_write = 0.0
-        self.checkpoint_failed: Exception | None = None
+        self._checkpoint_error: Exception | None = None  # of the last checkpoint, if it failed
         self._rules = table_rules(con)
         self._cond = threading.Condition()
         self._pending: deque[_Job] = deque()  # accepted, not yet journaled (journal mode)
@@ -452,7 +452,7 @@ class Writer:
                 while not self._ready():
                     if not self._queue and self._closed and self._journal_done:
                         return
-                    if self._trim_due() or self._checkpoint_due():
+                    if self._maintenance_due() or self._checkpoint_in() == 0.0:
                         break
                     self._cond.wait(self._wait_s())
                 if not self._ready():  # only a cache trim or a checkpoint is due
@@ -472,10 +472,10 @@ class Writer:
                     self._in_flight = len(jobs)
             if jobs:
                 self._run_jobs(jobs)
-            if self._checkpoint_due():
+            if self._checkpoint_in() == 0.0:
                 self._checkpoint()
-            if self._trim_due():
-                self._trim()
+            if self._maintenance_due():
+                self._maintain()
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
         try:
@@ -505,10 +505,10 @@ class Writer:
         with self._cond:
             self._cond.notify_all()
 
-    def _trim_due(self) -> bool:
+    def _maintenance_due(self) -> bool:
         return self._memory is not None and self._memory.due_in() == 0.0
 
-    def _trim(self) -> None:
+    def _maintain(self) -> None:
         assert self._memory is not None
         try:
             self._memory.maintain(self._con)
@@ -516,25 +516,21 @@ class Writer:
             _log.exception("otel-feedback writer: cache trim failed")
 
     def _wait_s(self) -> float | None:
-        """How long the writer thread may sleep: until the oldest small job's linger ends, a trim or a checkpoint
-        is due."""
-        trim = self._memory.due_in() if self._memory is not None else None
-        checkpoint = None
-        if self._checkpoint_bytes is not None and self._unsaved_bytes:
-            due = min(self._last_write + self._checkpoint_idle, self._first_write + self._checkpoint_max_age)
-            checkpoint = max(0.0, due - time.monotonic())
-        waits = [w for w in (self._linger_left(), trim, checkpoint) if w is not None]
+        """How long the writer thread may sleep: until the oldest small job's linger ends, the governor's
+        maintenance or a checkpoint is due."""
+        maintenance = self._memory.due_in() if self._memory is not None else None
+        waits = [w for w in (self._linger_left(), maintenance, self._checkpoint_in()) if w is not None]
         return min(waits) if waits else None
 
-    def _checkpoint_due(self) -> bool:
-        if self._checkpoint_bytes is None or not self._unsaved_bytes:
-            return False
-        return (
-            self._unsaved_bytes >= self._checkpoint_bytes
-            or time.monotonic() - self._last_write >= self._checkpoint_idle
-            or time.monotonic() - self._first_write >= self._checkpoint_max_age
-            or self._closed
-        )
+    def _checkpoint_in(self) -> float | None:
+        """Seconds until the writer's own checkpoint is due (0: now); None with nothing unsaved (or DuckDB's WAL).
+        A writer that checkpoints every commit (``checkpoint_bytes`` 0) does so in :meth:`_write`."""
+        if not self._checkpoint_bytes or not self._unsaved_bytes:
+            return None
+        if self._unsaved_bytes >= self._checkpoint_bytes:
+            return 0.0
+        due = min(self._last_write + self._checkpoint_idle, self._first_write + self._checkpoint_max_age)
+        return max(0.0, due - time.monotonic())
 
     def _checkpoint(self) -> bool:
         """Write what DuckDB holds only in memory into the file; then the journal files it covers can go."""
@@ -543,11 +539,11 @@ class Writer:
         try:
             self._con.execute("CHECKPOINT")
         except Exception as exc:  # the journal still has everything: retried after the next write, or at close
-            self.checkpoint_failed = exc
+            self._checkpoint_error = exc
             _log.error("otel-feedback writer: checkpoint failed (the journal keeps the writes): %s", exc)
             self._last_write = self._first_write = time.monotonic()  # tried again in checkpoint_idle_s
             return False
-        self.checkpoint_failed = None
+        self._checkpoint_error = None
         self._unsaved_bytes = 0
         self.stats.checkpoints += 1
         self.stats.checkpoint_seconds += time.perf_counter() - started
@@ -667,18 +663,21 @@ class Writer:
             self._last_write = time.monotonic()
 
     def _write(self, jobs: list[_Job]) -> None:
-        self._write_rows(jobs)
+        # the jobs' Arrow size (buffers shared between tables counted twice: an upper bound, cheaply), wanted by
+        # the governor's room check and the writer's own checkpoints
+        nbytes = sum(t.get_total_buffer_size() for j in jobs if j.tables for t in j.tables.values())
+        self._write_rows(jobs, nbytes)
         if self._checkpoint_bytes is not None:
-            self._wrote_unsaved(max(1, _size(jobs)))
+            self._wrote_unsaved(max(1, nbytes))
             if self._checkpoint_bytes == 0 and not self._checkpoint():  # no journal: durable only once in the file
-                raise WriteFailed(f"the commit could not be made durable: {self.checkpoint_failed}")
+                raise WriteFailed(f"the commit could not be made durable: {self._checkpoint_error}")
 
-    def _write_rows(self, jobs: list[_Job]) -> None:
+    def _write_rows(self, jobs: list[_Job], nbytes: int) -> None:
         memory = self._memory
         if memory is None:
             self._insert(jobs)
             return
-        with memory.room_to_write(self._con, lambda: _size(jobs)):
+        with memory.room_to_write(self._con, nbytes):
             try:
                 self._insert(jobs)
             except duckdb.OutOfMemoryException:
@@ -694,11 +693,6 @@ class Writer:
             insert(self._con, tables, lsn=jobs[-1].lsn)
         else:
             self._next_seq = insert(self._con, tables, self._next_seq)
-
-
-def _size(jobs: list[_Job]) -> int:
-    """Bytes of the jobs' Arrow tables (buffers shared between tables counted twice: an upper bound, cheaply)."""
-    return sum(t.get_total_buffer_size() for j in jobs if j.tables for t in j.tables.values())
 
 
 def _with_seq(table: pa.Table, first: int) -> pa.Table:
