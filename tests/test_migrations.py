@@ -63,3 +63,79 @@ def test_a_version_1_file_gets_its_derived_columns(tmp_path: Path) -> None:
         assert [r[0] for r in store.query("SELECT name FROM span_log ORDER BY rowid").rows] == list(ATTRS)
         # 0003: a span's own annotation_status puts it in the review queue
         assert store.query("SELECT name, input, user_feedback FROM review_queue").rows == [("a5", "q5", None)]
+
+
+def _span(con: duckdb.DuckDBPyConnection, trace: str, span: str, parent: str | None, **cols: object) -> None:
+    names = ["trace_id", "span_id", "parent_span_id", *cols]
+    con.execute(
+        f"INSERT INTO span_log ({', '.join(names)}, name, kind, start_time, end_time, duration_ms, status_code, "
+        "attributes, resource_attributes, received_at) VALUES "
+        f"({', '.join('?' * len(names))}, 'n', 'INTERNAL', TIMESTAMP_NS '2026-11-01 10:00:00', "
+        "TIMESTAMP_NS '2026-11-01 10:00:01', 1.0, 'UNSET', '{}', '{}', TIMESTAMP_NS '2026-11-01 10:00:02')",
+        [trace, span, parent, *cols.values()],
+    )
+
+
+def _record(con: duckdb.DuckDBPyConnection, seq: int, fid: str, trace: str | None, span: str | None,
+            key: str | None = None, value: str | None = None) -> None:  # fmt: skip
+    con.execute(
+        "INSERT INTO feedback_log (seq, feedback_id, trace_id, span_id, target_key, target_value, attributes, "
+        'feedback_time, received_at, channel) VALUES (?, ?, ?, ?, ?, ?, \'{"user_feedback": "positive"}\', '
+        "TIMESTAMP_NS '2026-11-01 11:00:00', TIMESTAMP_NS '2026-11-01 11:00:00', 'test')",
+        [seq, fid, trace, span, key, value],
+    )
+
+
+def test_a_version_5_file_gets_the_targets_its_feedback_names(tmp_path: Path) -> None:
+    """0006 resolves, from the rows a file holds, every way a record can name spans other than by trace and span
+    id; the writer then keeps them as rows arrive (a root arriving after the record that names its trace)."""
+    path = tmp_path / "v5.duckdb"
+    con = duckdb.connect(str(path))
+    try:
+        migrate(con, str(path), "0.0.9", MIGRATIONS[:5])
+        _span(con, "t1", "r1", None, session_id="s")
+        _span(con, "t1", "c1", "r1")
+        _span(con, "t2", "r2", None)
+        _span(con, "t2", "c2", "r2", session_id="s")  # the session is carried by a child: t2's root is named
+        _span(con, "t3", "r3", None, session_id="s", annotation_carrier=True)  # a carrier: not a trace of s
+        _span(con, "t4", "r4", None, client_request_id="req-4")
+        _span(con, "t4", "r4", None, client_request_id="req-4")  # a retry stored the root twice
+        _record(con, 1, "trace-t1", "t1", None)
+        _record(con, 2, "session-s", None, None, "session.id", "s")
+        _record(con, 3, "request-4", None, None, "client_request_id", "req-4")
+        _record(con, 4, "span-c1", None, "c1")
+        _record(con, 5, "direct-r2", "t2", "r2")
+        _record(con, 6, "trace-t1", "t2", None)  # a retry of record 1 that names another trace: the first counts
+        _record(con, 7, "trace-t9", "t9", None)  # no span of t9 yet
+    finally:
+        con.close()
+    expected = {
+        ("trace-t1", "t1", "r1"),
+        ("session-s", "t1", "r1"),
+        ("session-s", "t2", "r2"),
+        ("request-4", "t4", "r4"),
+        ("span-c1", "t1", "c1"),
+        ("direct-r2", "t2", "r2"),
+    }
+    targets = "SELECT feedback_id, trace_id, span_id FROM feedback_targets"
+    with Store(path) as store:
+        assert store.query("SELECT max(version) FROM _migrations").rows == [(SCHEMA_VERSION,)]
+        rows = store.query(targets).rows
+        assert sorted(rows) == sorted(expected)  # each once
+        assert store.query("SELECT feedback_id FROM orphan_feedback").rows == [("trace-t9",)]
+    with Store(path) as store:
+        # t9's root and a new trace of the session arrive: the records stored before name them now
+        con = store.cursor()
+        try:
+            new = con.sql(
+                "SELECT * REPLACE ('t9' AS trace_id, 'r9' AS span_id, NULL::VARCHAR AS session_id) "
+                "FROM span_log WHERE span_id = 'r1' UNION ALL "
+                "SELECT * REPLACE ('t5' AS trace_id, 'r5' AS span_id, NULL::VARCHAR AS parent_span_id) "
+                "FROM span_log WHERE span_id = 'c2'"
+            ).to_arrow_table()
+        finally:
+            con.close()
+        store.append({"span_log": new})
+        rows = store.query(targets).rows
+        assert sorted(rows) == sorted(expected | {("trace-t9", "t9", "r9"), ("session-s", "t5", "r5")})
+        assert store.query("SELECT feedback_id FROM orphan_feedback").rows == []

@@ -197,6 +197,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO _journal VALUES (0);
         """,
     ),
+    Migration(
+        # The targets feedback names other than by trace and span id, resolved by the writer as rows arrive
+        # (store/targets.py), filled here from the rows the file holds: what the feedback_targets view of
+        # 0001-0005 computed on every read.
+        "0006_feedback_targets",
+        """
+        CREATE TABLE feedback_trace_targets (seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL);
+        CREATE TABLE feedback_span_targets (
+            seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL
+        );
+        INSERT INTO feedback_trace_targets
+        SELECT seq, feedback_id, trace_id FROM feedback_log WHERE trace_id IS NOT NULL AND span_id IS NULL
+        UNION
+        SELECT f.seq, f.feedback_id, s.trace_id FROM feedback_log f JOIN span_log s ON s.session_id = f.target_value
+        WHERE f.target_key = 'session.id' AND f.trace_id IS NULL AND f.span_id IS NULL AND s.annotation_carrier IS NOT TRUE
+        UNION
+        SELECT f.seq, f.feedback_id, s.trace_id FROM feedback_log f JOIN span_log s ON s.client_request_id = f.target_value
+        WHERE f.target_key = 'client_request_id' AND f.trace_id IS NULL AND f.span_id IS NULL
+          AND s.annotation_carrier IS NOT TRUE;
+        INSERT INTO feedback_span_targets
+        SELECT t.seq, t.feedback_id, s.trace_id, s.span_id
+        FROM feedback_trace_targets t JOIN span_log s ON s.trace_id = t.trace_id WHERE s.parent_span_id IS NULL
+        UNION
+        SELECT f.seq, f.feedback_id, s.trace_id, s.span_id FROM feedback_log f JOIN span_log s ON s.span_id = f.span_id
+        WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -42,53 +42,15 @@ WHERE e.trace_id IS NULL  -- a matched copy has a trace_id (the join compared it
 """
 
 _TARGETS_BODY = """
--- Each branch first narrows span_log to the ids the feedback names (a semi-join on a small set), so a
--- million spans are scanned, not grouped.
-WITH f AS NOT MATERIALIZED (
-    SELECT feedback_id, trace_id, span_id, target_key, target_value FROM {feedback}
-), by_attr AS (
-    -- an attribute value (session.id, client_request_id) names every trace carrying it; a session
-    -- annotation's carrier span is not a trace of the session. The IS NOT NULL changes no row (NULL is IN
-    -- nothing) but DuckDB counts it as a filter, so it estimates by_attr below the root spans and builds the
-    -- roots join's hash table on the ids named, not on every root span (~75 MB at 2.2 M spans)
-    SELECT DISTINCT 'session.id' AS target_key, session_id AS target_value, trace_id
-    FROM span_log
-    WHERE session_id IS NOT NULL AND session_id IN (SELECT target_value FROM f WHERE target_key = 'session.id')
-      AND annotation_carrier IS NOT TRUE
-    UNION
-    SELECT DISTINCT 'client_request_id', client_request_id, trace_id
-    FROM span_log
-    WHERE client_request_id IS NOT NULL
-      AND client_request_id IN (SELECT target_value FROM f WHERE target_key = 'client_request_id')
-      AND annotation_carrier IS NOT TRUE
-), roots AS NOT MATERIALIZED (
-    -- the root span(s) of the traces named by trace id or through an attribute
-    SELECT DISTINCT trace_id, span_id FROM span_log
-    WHERE parent_span_id IS NULL
-      AND trace_id IN (SELECT trace_id FROM f WHERE trace_id IS NOT NULL AND span_id IS NULL
-                       UNION ALL SELECT trace_id FROM by_attr)
-)
 -- a span named by trace and span id
-SELECT feedback_id, trace_id, span_id FROM f WHERE trace_id IS NOT NULL AND span_id IS NOT NULL
+SELECT feedback_id, trace_id, span_id FROM {feedback} WHERE trace_id IS NOT NULL AND span_id IS NOT NULL
 UNION ALL
--- a span named by span id alone (Phoenix's span annotations): find its trace
-SELECT f.feedback_id, s.trace_id, s.span_id
-FROM f JOIN (
-    SELECT DISTINCT trace_id, span_id FROM span_log
-    WHERE span_id IN (SELECT span_id FROM f WHERE trace_id IS NULL AND span_id IS NOT NULL)
-) s ON s.span_id = f.span_id
-WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL
-UNION ALL
--- a trace: its root span(s)
-SELECT f.feedback_id, r.trace_id, r.span_id
-FROM f JOIN roots r ON r.trace_id = f.trace_id
-WHERE f.trace_id IS NOT NULL AND f.span_id IS NULL
-UNION ALL
--- an attribute value: the root span of every trace carrying it
-SELECT f.feedback_id, r.trace_id, r.span_id
-FROM f JOIN by_attr a ON a.target_key = f.target_key AND a.target_value = f.target_value
-JOIN roots r ON r.trace_id = a.trace_id
-WHERE f.trace_id IS NULL AND f.span_id IS NULL
+-- the spans the writer resolved the other ways of naming one to (store/targets.py): a trace's root span(s), the
+-- root spans of the traces carrying an attribute value, the spans with a span id; those of the first copy of
+-- each record (its seq), each once (both sides of a pair arriving together can resolve it twice)
+SELECT DISTINCT f.feedback_id, t.trace_id, t.span_id
+FROM {feedback} f JOIN feedback_span_targets t ON t.seq = f.seq
+WHERE f.trace_id IS NULL OR f.span_id IS NULL
 """
 FEEDBACK_TARGETS = "CREATE OR REPLACE VIEW feedback_targets AS" + _fill(_TARGETS_BODY, feedback="feedback")
 

@@ -42,6 +42,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import InvalidRequest, QueueFull, StoreUnavailable, WriteFailed
+from . import targets
 from .journal import Journal, decode, encode
 from .memory import MemoryGovernor
 
@@ -722,6 +723,7 @@ def insert(
     this connection, the replay's and the Writer's opening query, read with ``fetchall()``."""
     statements = ["BEGIN TRANSACTION"]
     registered: list[tuple[str, int]] = []
+    inserted: dict[str, tuple[str, pa.Table]] = {}
     try:
         for name in TABLE_ORDER:
             parts = [j[name] for j in jobs if name in j]
@@ -735,6 +737,8 @@ def insert(
             con.register(view, table)
             registered.append((view, table.get_total_buffer_size()))
             statements.append(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
+            inserted[name] = (view, table)
+        statements.extend(targets.statements(inserted.get("span_log"), inserted.get("feedback_log")))
         if lsn is not None:
             statements.append(f"UPDATE _journal SET applied_lsn = {int(lsn)}")
         statements.append("COMMIT")
