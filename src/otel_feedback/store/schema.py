@@ -198,11 +198,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
-        # The targets feedback names other than by trace and span id, resolved by the writer as rows arrive
-        # (store/targets.py), filled here from the rows the file holds: what the feedback_targets view of
-        # 0001-0005 computed on every read.
-        "0006_feedback_targets",
+        # Tables the writer keeps as rows arrive (store/maintained.py), filled here from the rows the file holds:
+        # the spans carrying feedback keys of their own, and the targets feedback names other than by trace and
+        # span id (what the feedback_targets view of 0001-0005 computed on every read).
+        "0006_maintained",
         """
+        CREATE TABLE span_feedback_keys (
+            trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL, parent_span_id VARCHAR,
+            start_time TIMESTAMP_NS NOT NULL, received_at TIMESTAMP_NS NOT NULL, feedback_attributes JSON NOT NULL
+        );
+        INSERT INTO span_feedback_keys
+        SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes
+        FROM span_log WHERE feedback_attributes IS NOT NULL ORDER BY rowid;
         CREATE TABLE feedback_trace_targets (seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL);
         CREATE TABLE feedback_span_targets (
             seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL

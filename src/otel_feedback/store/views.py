@@ -98,32 +98,15 @@ FEEDBACK_PATCHES_NOW = "CREATE OR REPLACE VIEW feedback_patches AS" + _fill(
     _PATCHES_BODY, feedback="feedback", targets="feedback_targets"
 )
 
-_SPAN_FEEDBACK_BODY = """
--- The feedback state of every stored span that has any: its own user_feedback* keys (derived at decode,
--- NULL for almost every span) merged with its patches. Only those few spans are read, so the spans and
--- traces views pay for feedback in proportion to the feedback, not to the spans.
-WITH copies AS (
-    -- stored copies (by arrival: received by then) of the spans with feedback keys of their own or patches;
-    -- the patches are read once, in this join, so that a filter on trace_id reaches them
-    SELECT s.trace_id, s.span_id, s.parent_span_id, s.start_time, s.received_at, s.feedback_attributes,
-           p.patch, p.feedback_count, p.last_feedback_time
-    FROM span_log s
-    LEFT JOIN {patches} p USING (trace_id, span_id)
-    WHERE (s.feedback_attributes IS NOT NULL OR p.span_id IS NOT NULL){arrived}
-), stored AS (
-    SELECT trace_id, span_id, arg_min_null(parent_span_id, received_at) AS parent_span_id,
-           min(start_time) AS start_time, arg_min_null(feedback_attributes, received_at) AS feedback_attributes,
-           any_value(patch) AS patch, any_value(feedback_count) AS feedback_count,
-           any_value(last_feedback_time) AS last_feedback_time
-    FROM copies GROUP BY trace_id, span_id
-), known AS (
-    SELECT trace_id, span_id, parent_span_id, start_time, patch,
-           coalesce(feedback_count, 0) AS feedback_count, last_feedback_time,
+# The user_feedback* columns of a span from its own feedback keys (derived at decode) merged with its patch: CTEs
+# `known` and `cols` over {source} (with feedback_attributes and patch), and the columns to select from cols.
+_DERIVED_CTES = """known AS (
+    SELECT *,
            json_extract(CASE WHEN patch IS NULL THEN feedback_attributes
                              ELSE json_merge_patch(coalesce(feedback_attributes, '{}'), patch) END,
                         ['$."user_feedback"', '$."user_feedback_rating"', '$."user_feedback_category"',
                          '$."user_feedback_comment"', '$."user_feedback_timestamp"', '$."annotation_status"']) AS k
-    FROM stored
+    FROM {source}
 ), cols AS (
     SELECT * EXCLUDE (k),
            k[1]->>'$' AS user_feedback,
@@ -133,10 +116,8 @@ WITH copies AS (
            k[5] AS ts,
            k[6]->>'$' AS annotation_status
     FROM known
-)
-SELECT trace_id, span_id, parent_span_id, start_time, patch, feedback_count, last_feedback_time,
-       user_feedback, user_feedback_rating, user_feedback_category, user_feedback_comment, annotation_status,
-       CASE WHEN ts->>'$' IS NOT NULL THEN
+)"""
+_TIMESTAMP = """CASE WHEN ts->>'$' IS NOT NULL THEN
            coalesce(
                TRY_CAST(TRY_CAST(ts->>'$' AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP_NS),
                TRY_CAST(ts->>'$' AS TIMESTAMP_NS),
@@ -147,22 +128,69 @@ SELECT trace_id, span_id, parent_span_id, start_time, patch, feedback_count, las
                        ELSE round((ts->>'$')::DECIMAL(38, 9) * 1000000000)
                    END::BIGINT))
                END)
-       END AS user_feedback_timestamp
+       END"""
+
+_SPAN_FEEDBACK_BODY = _fill(
+    """
+-- The feedback state of every stored span that has any: its own user_feedback* keys (derived at decode,
+-- NULL for almost every span) merged with its patches. Only those few spans are read, so the traces view
+-- pays for feedback in proportion to the feedback, not to the spans.
+WITH copies AS (
+    -- stored copies (by arrival: received by then) of the spans with feedback keys of their own (the writer keeps
+    -- them apart, store/maintained.py) and of the spans with patches; the patches are read once, in this join, so
+    -- that a filter on trace_id reaches them
+    SELECT s.trace_id, s.span_id, s.parent_span_id, s.start_time, s.received_at, s.feedback_attributes,
+           NULL::JSON AS patch, NULL::BIGINT AS feedback_count, NULL::TIMESTAMP_NS AS last_feedback_time
+    FROM span_feedback_keys s WHERE TRUE{arrived}
+    UNION ALL
+    SELECT s.trace_id, s.span_id, s.parent_span_id, s.start_time, s.received_at, NULL::JSON,
+           p.patch, p.feedback_count, p.last_feedback_time
+    FROM span_log s JOIN {patches} p USING (trace_id, span_id) WHERE TRUE{arrived}
+), stored AS (
+    -- own keys: those of the first copy that has any
+    SELECT trace_id, span_id, arg_min_null(parent_span_id, received_at) AS parent_span_id,
+           min(start_time) AS start_time, arg_min(feedback_attributes, received_at) AS feedback_attributes,
+           any_value(patch) AS patch, coalesce(any_value(feedback_count), 0) AS feedback_count,
+           any_value(last_feedback_time) AS last_feedback_time
+    FROM copies GROUP BY trace_id, span_id
+), {derived}
+SELECT trace_id, span_id, parent_span_id, start_time, patch, feedback_count, last_feedback_time,
+       user_feedback, user_feedback_rating, user_feedback_category, user_feedback_comment, annotation_status,
+       {timestamp} AS user_feedback_timestamp
 FROM cols
-"""
+""",
+    derived=_fill(_DERIVED_CTES, source="stored"),
+    timestamp=_TIMESTAMP,
+)
 
 SPAN_FEEDBACK_AS_OF = "CREATE OR REPLACE MACRO span_feedback_as_of(as_of, by_arrival) AS TABLE" + (
     _fill(
         _SPAN_FEEDBACK_BODY,
         patches="feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival)",
-        arrived="\n      AND (NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS))",
+        arrived=" AND (NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS))",
     )
 )
 SPAN_FEEDBACK_NOW = "CREATE OR REPLACE VIEW span_feedback AS" + _fill(
     _SPAN_FEEDBACK_BODY, patches="feedback_patches", arrived=""
 )
 
-_SPANS_BODY = """
+_SPANS_BODY = _fill(
+    """
+-- The first stored copy of each span with its feedback merged in. The feedback state comes from the few spans
+-- with any (patches, and the spans with feedback keys of their own that the writer keeps apart), so a filter on
+-- it (user_feedback = 'negative') reads those first, and a lookup by trace id reads span_log only for span_rows.
+WITH own AS (
+    -- own keys: those of the first copy that has any
+    SELECT trace_id, span_id, arg_min(feedback_attributes, received_at) AS feedback_attributes
+    FROM span_feedback_keys s WHERE TRUE{arrived}
+    GROUP BY trace_id, span_id
+), state AS (
+    SELECT trace_id, span_id, o.feedback_attributes, p.patch, coalesce(p.feedback_count, 0) AS feedback_count,
+           p.last_feedback_time
+    FROM own o FULL JOIN {patches} p USING (trace_id, span_id)
+), {derived}, f AS (
+    SELECT *, {timestamp} AS user_feedback_timestamp FROM cols
+)
 SELECT s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.service_name, s.start_time, s.end_time,
        s.duration_ms, s.status_code, s.status_message,
        CASE WHEN f.patch IS NULL THEN s.attributes ELSE json_merge_patch(s.attributes, f.patch) END AS attributes,
@@ -172,16 +200,20 @@ SELECT s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.service_name, 
                     duration_ms, status_code, status_message, attributes, model, feedback_attributes),
        s.attributes AS span_attributes
 FROM span_rows s
-LEFT JOIN {span_feedback} f USING (trace_id, span_id){arrived}
-"""
+LEFT JOIN f USING (trace_id, span_id){arrived_spans}
+""",
+    derived=_fill(_DERIVED_CTES, source="state"),
+    timestamp=_TIMESTAMP,
+)
 
 SPANS_AS_OF = "CREATE OR REPLACE MACRO spans_as_of(as_of, by_arrival := false) AS TABLE" + _fill(
     _SPANS_BODY,
-    span_feedback="span_feedback_as_of(as_of, by_arrival)",
+    patches="feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival)",
+    arrived=" AND (NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS))",
     # by arrival: what the file held then, so spans not yet received are not there either
-    arrived="\nWHERE NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS)",
+    arrived_spans="\nWHERE NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS)",
 )
-SPANS = "CREATE OR REPLACE VIEW spans AS" + _fill(_SPANS_BODY, span_feedback="span_feedback", arrived="")
+SPANS = "CREATE OR REPLACE VIEW spans AS" + _fill(_SPANS_BODY, patches="feedback_patches", arrived="", arrived_spans="")
 
 ORPHAN_FEEDBACK = """
 CREATE OR REPLACE VIEW orphan_feedback AS

@@ -42,7 +42,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import InvalidRequest, QueueFull, StoreUnavailable, WriteFailed
-from . import targets
+from . import maintained
 from .journal import Journal, decode, encode
 from .memory import MemoryGovernor
 
@@ -738,7 +738,7 @@ def insert(
             registered.append((view, table.get_total_buffer_size()))
             statements.append(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
             inserted[name] = (view, table)
-        statements.extend(targets.statements(inserted.get("span_log"), inserted.get("feedback_log")))
+        statements.extend(maintained.statements(inserted.get("span_log"), inserted.get("feedback_log")))
         if lsn is not None:
             statements.append(f"UPDATE _journal SET applied_lsn = {int(lsn)}")
         statements.append("COMMIT")
