@@ -25,6 +25,7 @@ from ..config import MIN_MEMORY_BYTES, Settings, parse_size
 from ..errors import ConfigError, DatabaseLocked, QueryOutOfMemory, SchemaError, StoreUnavailable
 from . import query as _query
 from .journal import Journal, journal_dir
+from .maintained import Known
 from .memory import MemoryGovernor
 from .schema import SCHEMA_VERSION, check_version, file_version, migrate
 from .views import VIEWS
@@ -76,6 +77,9 @@ class _Instance:
         """Whether DuckDB writes its WAL for the file (else a commit is in the file only after a checkpoint)."""
         self.memory: MemoryGovernor | None = None
         """The governor of the instance's memory, if a Store (``serve``'s) set one up; its writer maintains it."""
+        self.known: Known | None = None
+        """What its feedback holds for the writers' upkeep of the maintained tables (shared: every writer of the
+        file in this process must see what the others wrote)."""
         self.users = 0
 
     def use(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
@@ -308,8 +312,14 @@ class Store:
                 checkpoint_bytes = None
                 if no_wal:  # the writer checkpoints; one without the journal at every commit
                     checkpoint_bytes = parse_size(checkpoint_threshold or DEFAULT_CHECKPOINT) if wal is not None else 0
+                known = self._instance.known if self._instance is not None else None
+                if known is None:
+                    known = Known.load(self._con)
+                    if self._instance is not None:
+                        self._instance.known = known
                 self.writer = Writer(
                     self._con,
+                    known=known,
                     queue_rows=queue_rows,
                     commit_rows=commit_rows,
                     journal=wal,

@@ -202,6 +202,7 @@ class Writer:
         checkpoint_bytes: int | None = None,
         checkpoint_idle_s: float = 5.0,
         checkpoint_max_age_s: float = 15.0,
+        known: maintained.Known | None = None,
     ) -> None:
         if queue_rows < 1:
             raise ValueError(f"queue_rows must be >= 1, got {queue_rows}")
@@ -225,6 +226,7 @@ class Writer:
         self._last_write = 0.0
         self._checkpoint_error: Exception | None = None  # of the last checkpoint, if it failed
         self._rules = table_rules(con)
+        self._known = known if known is not None else maintained.Known.load(con)
         self._cond = threading.Condition()
         self._pending: deque[_Job] = deque()  # accepted, not yet journaled (journal mode)
         self._queue: deque[_Job] = deque()  # for DuckDB, in order
@@ -691,9 +693,9 @@ class Writer:
     def _insert(self, jobs: list[_Job]) -> None:
         tables = [j.tables for j in jobs if j.tables]
         if self._journal is not None:  # seq was given at journal time (by the journal thread, which owns _next_seq)
-            insert(self._con, tables, lsn=jobs[-1].lsn)
+            insert(self._con, tables, lsn=jobs[-1].lsn, known=self._known)
         else:
-            self._next_seq = insert(self._con, tables, self._next_seq)
+            self._next_seq = insert(self._con, tables, self._next_seq, known=self._known)
 
 
 def _with_seq(table: pa.Table, first: int) -> pa.Table:
@@ -710,6 +712,7 @@ def insert(
     jobs: list[Mapping[str, pa.Table]],
     next_seq: int = 0,
     lsn: int | None = None,
+    known: maintained.Known | None = None,
 ) -> int:
     """Append the jobs' tables in one transaction (and record ``lsn`` as applied); the next feedback ``seq``.
     Feedback rows without ``seq`` (no journal) are numbered here from ``next_seq``; journaled ones have theirs.
@@ -738,7 +741,10 @@ def insert(
             registered.append((view, table.get_total_buffer_size()))
             statements.append(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
             inserted[name] = (view, table)
-        statements.extend(maintained.statements(inserted.get("span_log"), inserted.get("feedback_log")))
+        if known is None:
+            known = maintained.Known.load(con)
+        # the tables kept beside the logs (store/maintained.py), in the same transaction
+        statements.extend(maintained.statements(inserted.get("span_log"), inserted.get("feedback_log"), known))
         if lsn is not None:
             statements.append(f"UPDATE _journal SET applied_lsn = {int(lsn)}")
         statements.append("COMMIT")
@@ -786,6 +792,7 @@ def replay(
     files are let go."""
     found = con.execute("SELECT applied_lsn FROM _journal").fetchall()
     applied = int(found[0][0]) if found else 0
+    known = maintained.Known.load(con)
     records = rows = pending = 0
     last = applied
     batch: list[tuple[int, dict[str, pa.Table]]] = []
@@ -794,11 +801,11 @@ def replay(
         if not batch:
             return
         try:
-            insert(con, [t for _, t in batch], lsn=batch[-1][0])
+            insert(con, [t for _, t in batch], lsn=batch[-1][0], known=known)
         except Exception:
             for lsn, tables in batch:  # find the refused record(s); keep the rest
                 try:
-                    insert(con, [tables], lsn=lsn)
+                    insert(con, [tables], lsn=lsn, known=known)
                 except Exception as exc:
                     error = classify(exc)
                     if not isinstance(error, InvalidRequest):
