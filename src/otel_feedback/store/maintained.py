@@ -86,6 +86,7 @@ class Known:
         """Whether any record names a span id alone."""
         self.values: dict[str, set[str]] = {key: set() for key in TARGET_KEYS}
         """The attribute values records name, by key."""
+        self._arrays: dict[str, pa.Array] | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -104,7 +105,9 @@ class Known:
     def named(self, spans: pa.Table) -> bool:
         """Whether a span of ``spans`` carries an attribute value some record names."""
         with self._lock:
-            wanted = {key: pa.array(sorted(v), pa.string()) for key, v in self.values.items() if v}
+            if self._arrays is None:  # built again only after new values arrived
+                self._arrays = {k: pa.array(sorted(v), pa.string()) for k, v in self.values.items() if v}
+            wanted = self._arrays
         for key, values in wanted.items():
             column = TARGET_KEYS[key]
             if column in spans.column_names and pc.any(pc.is_in(spans.column(column), value_set=values)).as_py():
@@ -115,9 +118,12 @@ class Known:
         with self._lock:
             self.trace_links = self.trace_links or trace_level or keys.null_count < len(keys)
             self.span_ids = self.span_ids or span_ids
+            if keys.null_count == len(keys):
+                return
             for key, value in zip(keys.to_pylist(), values.to_pylist(), strict=True):
-                if key is not None and value is not None:
-                    self.values.setdefault(key, set()).add(value)
+                if key is not None and value is not None and value not in self.values.setdefault(key, set()):
+                    self.values[key].add(value)
+                    self._arrays = None
 
 
 def statements(spans: tuple[str, pa.Table] | None, feedback: tuple[str, pa.Table] | None, known: Known) -> list[str]:

@@ -1,0 +1,77 @@
+"""The tables the writer keeps beside the logs (store/maintained.py): what a span batch may skip, and that every
+writer of a file in one process sees the records the others wrote (a skipped statement would lose a target)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otel_feedback.decode import decode_traces
+from otel_feedback.feedback import FeedbackConfig, Limits, parse_batch, to_table
+from otel_feedback.store import Store
+from otel_feedback.store.maintained import Known, statements
+
+TARGETS = "SELECT feedback_id, trace_id, span_id FROM feedback_targets ORDER BY ALL"
+
+
+def _spans(*spans: tuple[str, str, str | None, dict[str, str]]) -> pa.Table:
+    """span_log rows of (trace id, span id, parent id or None, attributes), decoded as the receivers do."""
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for trace, span, parent, attrs in spans:
+        s = scope.spans.add()
+        s.trace_id, s.span_id = bytes.fromhex(trace), bytes.fromhex(span)
+        if parent:
+            s.parent_span_id = bytes.fromhex(parent)
+        s.name, s.start_time_unix_nano, s.end_time_unix_nano = "n", 1_000, 2_000
+        for k, v in attrs.items():
+            kv = s.attributes.add()
+            kv.key, kv.value.string_value = k, v
+    return decode_traces(req).table
+
+
+def _feedback(*records: dict) -> pa.Table:
+    return to_table(parse_batch({"records": list(records)}, channel="test", limits=Limits(), config=FeedbackConfig()))
+
+
+T1, T2 = "1" * 32, "2" * 32
+R1, C1, R2 = "a" * 16, "b" * 16, "c" * 16
+
+
+def test_a_span_batch_that_can_resolve_nothing_costs_no_statement() -> None:
+    spans = ("v", _spans((T1, R1, None, {"session.id": "s"}), (T1, C1, R1, {})))
+    assert statements(spans, None, Known()) == []
+    # once records name trace roots, span ids or the session, each side has its statement
+    known = Known(trace_links=True, span_ids=True)
+    known.values["session.id"].add("s")
+    assert len(statements(spans, None, known)) == 4  # roots x links, span ids, the session's links and roots
+    known = Known()
+    known.values["session.id"].add("other")
+    assert statements(spans, None, known) == []
+    # a span with feedback keys of its own is kept apart, whatever the feedback
+    own = ("v", _spans((T1, R1, None, {"user_feedback": "positive"})))
+    assert [s.split()[2] for s in statements(own, None, Known())] == ["span_feedback_keys"]
+
+
+def test_every_writer_of_a_file_sees_what_the_others_wrote(tmp_path: Path) -> None:
+    """A second Store of a held file has a writer of its own (no journal): a session record written through the
+    first, then the session's spans through the second, must still resolve (the two share what they know)."""
+    path = tmp_path / "two.duckdb"
+    with Store(path) as first, Store(path) as second:
+        first.append({"feedback_log": _feedback({"target": {"attribute": "session.id", "value": "s"}, "id": "s-1",
+                                                 "attributes": {"user_feedback": "negative"}})})  # fmt: skip
+        first.append({"feedback_log": _feedback({"trace_id": T2, "id": "t-2", "attributes": {"x": 1}})})
+        assert first.query(TARGETS).rows == []
+        second.append({"span_log": _spans((T1, R1, None, {}), (T1, C1, R1, {"session.id": "s"}), (T2, R2, None, {}))})
+        assert second.query(TARGETS).rows == [("s-1", T1, R1), ("t-2", T2, R2)]
+        assert first.query("SELECT user_feedback FROM spans WHERE span_id = ?", [R1]).rows == [("negative",)]
+
+
+def test_a_span_id_alone_resolves_in_either_order(store: Store) -> None:
+    store.append({"span_log": _spans((T1, R1, None, {}), (T1, C1, R1, {}))})
+    store.append({"feedback_log": _feedback({"span_id": C1, "id": "early-span", "attributes": {"x": 1}})})
+    store.append({"feedback_log": _feedback({"span_id": R2, "id": "late-span", "attributes": {"x": 2}})})
+    store.append({"span_log": _spans((T2, R2, None, {}))})
+    assert store.query(TARGETS).rows == [("early-span", T1, C1), ("late-span", T2, R2)]
