@@ -40,19 +40,29 @@ T1, T2 = "1" * 32, "2" * 32
 R1, C1, R2 = "a" * 16, "b" * 16, "c" * 16
 
 
+def _tables(sql: list[str]) -> list[str]:
+    return [s.split()[2] for s in sql]
+
+
 def test_a_span_batch_that_can_resolve_nothing_costs_no_statement() -> None:
+    children = ("v", _spans((T1, C1, R1, {"session.id": "s"})))
+    assert statements(children, None, Known()) == []
+    # roots are kept whatever the feedback (a record may name their trace later)
     spans = ("v", _spans((T1, R1, None, {"session.id": "s"}), (T1, C1, R1, {})))
-    assert statements(spans, None, Known()) == []
-    # once records name trace roots, span ids or the session, each side has its statement
-    known = Known(trace_links=True, span_ids=True)
+    assert _tables(statements(spans, None, Known())) == ["trace_roots"]
+    # once records name span ids or the session, each has its statement
+    known = Known(span_ids=True)
     known.values["session.id"].add("s")
-    assert len(statements(spans, None, known)) == 4  # roots x links, span ids, the session's links and roots
+    assert _tables(statements(spans, None, known)) == ["trace_roots", "feedback_span_targets", "feedback_trace_targets"]
     known = Known()
     known.values["session.id"].add("other")
-    assert statements(spans, None, known) == []
-    # a span with feedback keys of its own is kept apart, whatever the feedback
-    own = ("v", _spans((T1, R1, None, {"user_feedback": "positive"})))
-    assert [s.split()[2] for s in statements(own, None, Known())] == ["span_feedback_keys"]
+    assert _tables(statements(children, None, known)) == []
+    # a span with feedback keys of its own is kept apart
+    own = ("v", _spans((T1, C1, R1, {"user_feedback": "positive"})))
+    assert _tables(statements(own, None, Known())) == ["span_feedback_keys"]
+    # a record naming a trace needs nothing kept: the view joins it to trace_roots
+    trace = ("f", _feedback({"trace_id": T1, "attributes": {"x": 1}}))
+    assert statements(None, trace, Known()) == []
 
 
 def test_every_writer_of_a_file_sees_what_the_others_wrote(tmp_path: Path) -> None:

@@ -199,8 +199,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         # Tables the writer keeps as rows arrive (store/maintained.py), filled here from the rows the file holds:
-        # the spans carrying feedback keys of their own, and the targets feedback names other than by trace and
-        # span id (what the feedback_targets view of 0001-0005 computed on every read).
+        # the spans carrying feedback keys of their own, the root spans, and the spans and traces feedback names by
+        # a span id alone or an attribute value (which the feedback_targets view of 0001-0005 searched on every read).
         "0006_maintained",
         """
         CREATE TABLE span_feedback_keys (
@@ -210,24 +210,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO span_feedback_keys
         SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes
         FROM span_log WHERE feedback_attributes IS NOT NULL ORDER BY rowid;
+        CREATE TABLE trace_roots (trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL);
+        INSERT INTO trace_roots SELECT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL ORDER BY rowid;
         CREATE TABLE feedback_trace_targets (seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL);
-        CREATE TABLE feedback_span_targets (
-            seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL
-        );
         INSERT INTO feedback_trace_targets
-        SELECT seq, feedback_id, trace_id FROM feedback_log WHERE trace_id IS NOT NULL AND span_id IS NULL
-        UNION
         SELECT f.seq, f.feedback_id, s.trace_id FROM feedback_log f JOIN span_log s ON s.session_id = f.target_value
         WHERE f.target_key = 'session.id' AND f.trace_id IS NULL AND f.span_id IS NULL AND s.annotation_carrier IS NOT TRUE
         UNION
         SELECT f.seq, f.feedback_id, s.trace_id FROM feedback_log f JOIN span_log s ON s.client_request_id = f.target_value
         WHERE f.target_key = 'client_request_id' AND f.trace_id IS NULL AND f.span_id IS NULL
           AND s.annotation_carrier IS NOT TRUE;
+        CREATE TABLE feedback_span_targets (
+            seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL
+        );
         INSERT INTO feedback_span_targets
-        SELECT t.seq, t.feedback_id, s.trace_id, s.span_id
-        FROM feedback_trace_targets t JOIN span_log s ON s.trace_id = t.trace_id WHERE s.parent_span_id IS NULL
-        UNION
-        SELECT f.seq, f.feedback_id, s.trace_id, s.span_id FROM feedback_log f JOIN span_log s ON s.span_id = f.span_id
+        SELECT DISTINCT f.seq, f.feedback_id, s.trace_id, s.span_id FROM feedback_log f JOIN span_log s ON s.span_id = f.span_id
         WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL;
         """,
     ),

@@ -42,15 +42,28 @@ WHERE e.trace_id IS NULL  -- a matched copy has a trace_id (the join compared it
 """
 
 _TARGETS_BODY = """
+-- Each record's first copy (its seq) and the spans it names, each once (the writer may link a pair twice:
+-- store/maintained.py). No branch searches span_log: the writer keeps what they join to.
+WITH f AS NOT MATERIALIZED (
+    SELECT feedback_id, seq, trace_id, span_id FROM {feedback}
+)
 -- a span named by trace and span id
-SELECT feedback_id, trace_id, span_id FROM {feedback} WHERE trace_id IS NOT NULL AND span_id IS NOT NULL
+SELECT feedback_id, trace_id, span_id FROM f WHERE trace_id IS NOT NULL AND span_id IS NOT NULL
 UNION ALL
--- the spans the writer resolved the other ways of naming one to (store/targets.py): a trace's root span(s), the
--- root spans of the traces carrying an attribute value, the spans with a span id; those of the first copy of
--- each record (its seq), each once (both sides of a pair arriving together can resolve it twice)
+-- a trace: its root span(s); an attribute value: the root span(s) of every trace carrying it (linked by the
+-- writer); one join to the roots for both
+SELECT DISTINCT n.feedback_id, r.trace_id, r.span_id
+FROM (
+    SELECT feedback_id, trace_id FROM f WHERE trace_id IS NOT NULL AND span_id IS NULL
+    UNION ALL
+    SELECT f.feedback_id, t.trace_id FROM f JOIN feedback_trace_targets t ON t.seq = f.seq
+    WHERE f.trace_id IS NULL AND f.span_id IS NULL
+) n JOIN trace_roots r ON r.trace_id = n.trace_id
+UNION ALL
+-- a span id alone (Phoenix's span annotations): every span with it (linked by the writer)
 SELECT DISTINCT f.feedback_id, t.trace_id, t.span_id
-FROM {feedback} f JOIN feedback_span_targets t ON t.seq = f.seq
-WHERE f.trace_id IS NULL OR f.span_id IS NULL
+FROM f JOIN feedback_span_targets t ON t.seq = f.seq
+WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL
 """
 FEEDBACK_TARGETS = "CREATE OR REPLACE VIEW feedback_targets AS" + _fill(_TARGETS_BODY, feedback="feedback")
 
