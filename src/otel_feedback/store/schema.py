@@ -210,7 +210,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO span_feedback_keys
         SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes
         FROM span_log WHERE feedback_attributes IS NOT NULL ORDER BY rowid;
-        CREATE TABLE trace_roots (trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL);
+        -- plain text: the dictionary and FSST DuckDB picks for a table filled at once made a lookup by trace id
+        -- 4.0 ms at a million spans, plain text 1.1 ms (~16 B a root more)
+        CREATE TABLE trace_roots (
+            trace_id VARCHAR USING COMPRESSION uncompressed NOT NULL,
+            span_id VARCHAR USING COMPRESSION uncompressed NOT NULL
+        );
         INSERT INTO trace_roots SELECT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL ORDER BY rowid;
         CREATE TABLE feedback_trace_targets (seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL);
         INSERT INTO feedback_trace_targets
