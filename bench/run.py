@@ -754,8 +754,11 @@ class Bench:
         res = {
             "count": len(lat),
             "p50_ms": pct(lat, 50),
+            "p90_ms": pct(lat, 90),
             "p99_ms": pct(lat, 99),
             "max_polls": max(polls, default=0),
+            # the slowest samples and when they came (index), to tell a lasting slowness from a few collisions
+            "slowest": sorted(((round(ms, 1), i) for i, ms in enumerate(lat)), reverse=True)[:5],
         }
         self.say(
             f"feedback visible x{len(lat)}: p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms "
