@@ -3,9 +3,11 @@ writer of a file in one process sees the records the others wrote (a skipped sta
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_feedback.decode import decode_traces
@@ -85,3 +87,66 @@ def test_a_span_id_alone_resolves_in_either_order(store: Store) -> None:
     store.append({"feedback_log": _feedback({"span_id": R2, "id": "late-span", "attributes": {"x": 2}})})
     store.append({"span_log": _spans((T2, R2, None, {}))})
     assert store.query(TARGETS).rows == [("early-span", T1, C1), ("late-span", T2, R2)]
+
+
+REBUILT = {
+    # each maintained table as a function of the logs (what migration 0006 fills it with)
+    "span_feedback_keys": "SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes::VARCHAR "
+    "FROM span_log WHERE feedback_attributes IS NOT NULL",
+    "trace_roots": "SELECT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL",
+    "feedback_trace_targets": "SELECT DISTINCT f.seq, f.feedback_id, s.trace_id FROM feedback_log f JOIN span_log s "
+    "ON (f.target_key = 'session.id' AND s.session_id = f.target_value) "
+    "OR (f.target_key = 'client_request_id' AND s.client_request_id = f.target_value) "
+    "WHERE f.trace_id IS NULL AND f.span_id IS NULL AND s.annotation_carrier IS NOT TRUE",
+    "feedback_span_targets": "SELECT DISTINCT f.seq, f.feedback_id, s.trace_id, s.span_id FROM feedback_log f "
+    "JOIN span_log s ON s.span_id = f.span_id WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL",
+}
+KEPT = {
+    "span_feedback_keys": "SELECT trace_id, span_id, parent_span_id, start_time, received_at, "
+    "feedback_attributes::VARCHAR FROM span_feedback_keys",
+    "trace_roots": "SELECT trace_id, span_id FROM trace_roots",
+    "feedback_trace_targets": "SELECT DISTINCT seq, feedback_id, trace_id FROM feedback_trace_targets",
+    "feedback_span_targets": "SELECT DISTINCT seq, feedback_id, trace_id, span_id FROM feedback_span_targets",
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_kept_tables_equal_their_rebuild_from_the_logs(tmp_path: Path, seed: int) -> None:
+    """Spans and feedback of every kind in a random order, in small and large batches, with retried spans and
+    records: each kept table holds what rebuilding it from the logs gives (as a multiset where every copy counts,
+    as a set for the links, which may be made twice)."""
+    rng = random.Random(seed)
+    traces = [f"{rng.getrandbits(128):032x}" for _ in range(12)]
+    spans, records = [], []
+    for t, trace in enumerate(traces):
+        root = f"{rng.getrandbits(64):016x}"
+        session = {"session.id": f"s{t % 3}"} if t % 2 else {}
+        spans.append((trace, root, None, {**session, "client_request_id": f"r{t}"}))
+        for _ in range(rng.randint(0, 3)):
+            own = {"user_feedback": "negative"} if rng.random() < 0.3 else {}
+            spans.append((trace, f"{rng.getrandbits(64):016x}", root, {**session, **own}))
+    for i in range(30):
+        trace, span, _, _ = rng.choice(spans)
+        target = rng.choice(
+            [
+                {"trace_id": trace},
+                {"trace_id": trace, "span_id": span},
+                {"span_id": span},
+                {"target": {"attribute": "session.id", "value": f"s{rng.randrange(3)}"}},
+                {"target": {"attribute": "client_request_id", "value": f"r{rng.randrange(12)}"}},
+            ]
+        )
+        records.append({**target, "id": f"rec-{i % 25}", "attributes": {"user_feedback_rating": 1 + i % 5}})
+    jobs = [{"span_log": _spans(s)} for s in spans] + [{"feedback_log": _feedback(r)} for r in records]
+    jobs += [{"span_log": _spans(*rng.sample(spans, 5))}]  # a retry that stores some spans again
+    rng.shuffle(jobs)
+    with Store(tmp_path / "kept.duckdb") as store:
+        while jobs:  # a few at a time, each few in a transaction of its own (flush applies them)
+            futures = [store.submit(jobs.pop()) for _ in range(min(len(jobs), rng.randint(1, 4)))]
+            for f in futures:
+                f.result(30)
+            assert store.flush()
+        for table, rebuilt in REBUILT.items():
+            kept = sorted(store.query(KEPT[table]).rows, key=repr)
+            assert kept == sorted(store.query(rebuilt).rows, key=repr), table
+        assert store.query("SELECT count(*) FROM trace_roots").rows[0][0] >= len(traces)
