@@ -62,9 +62,9 @@ def test_a_span_batch_that_can_resolve_nothing_costs_no_statement() -> None:
     # a span with feedback keys of its own is kept apart
     own = ("v", _spans((T1, C1, R1, {"user_feedback": "positive"})))
     assert _tables(statements(own, None, Known())) == ["span_feedback_keys"]
-    # a record naming a trace needs nothing kept: the view joins it to trace_roots
+    # a record naming a trace needs only its entries kept: the view joins it to trace_roots
     trace = ("f", _feedback({"trace_id": T1, "attributes": {"x": 1}}))
-    assert statements(None, trace, Known()) == []
+    assert _tables(statements(None, trace, Known())) == ["feedback_entries"]
 
 
 def test_every_writer_of_a_file_sees_what_the_others_wrote(tmp_path: Path) -> None:
@@ -94,6 +94,8 @@ REBUILT = {
     "span_feedback_keys": "SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes::VARCHAR "
     "FROM span_log WHERE feedback_attributes IS NOT NULL",
     "trace_roots": "SELECT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL",
+    "feedback_entries": "SELECT seq, e.key, e.value::VARCHAR FROM (SELECT seq, unnest(list_prepend({'key': NULL::VARCHAR, "
+    "'value': NULL::JSON}, map_entries(json_transform(attributes, '\"MAP(VARCHAR, JSON)\"')))) AS e FROM feedback_log)",
     "feedback_trace_targets": "SELECT DISTINCT f.seq, f.feedback_id, s.trace_id FROM feedback_log f JOIN span_log s "
     "ON (f.target_key = 'session.id' AND s.session_id = f.target_value) "
     "OR (f.target_key = 'client_request_id' AND s.client_request_id = f.target_value) "
@@ -105,6 +107,7 @@ KEPT = {
     "span_feedback_keys": "SELECT trace_id, span_id, parent_span_id, start_time, received_at, "
     "feedback_attributes::VARCHAR FROM span_feedback_keys",
     "trace_roots": "SELECT trace_id, span_id FROM trace_roots",
+    "feedback_entries": "SELECT seq, key, value::VARCHAR FROM feedback_entries",
     "feedback_trace_targets": "SELECT DISTINCT seq, feedback_id, trace_id FROM feedback_trace_targets",
     "feedback_span_targets": "SELECT DISTINCT seq, feedback_id, trace_id, span_id FROM feedback_span_targets",
 }

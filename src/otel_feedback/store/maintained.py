@@ -8,6 +8,11 @@ start_time, received_at, feedback_attributes): every stored copy of a span whose
 ``user_feedback*`` keys, derived at decode) is not NULL: well under 1 % of spans. ``spans`` and ``span_feedback``
 read them here instead of looking for them among every span.
 
+**Each record's attributes taken apart** (``feedback_entries``: seq, key, value): one row per key a record sets
+(a JSON null kept: it removes the key), and one with a NULL key that counts the record. The patches of every
+span are computed from these; taking the JSON apart on every read was a quarter of ``feedback_by_hour``
+(54 ms of 233 at 51 k records).
+
 **The root spans** (``trace_roots``: trace_id, span_id): every stored copy of a span without a parent, a fifth of
 the spans in two narrow columns. Feedback that names a trace (or the traces carrying an attribute value) lands on
 their roots, found here.
@@ -47,6 +52,11 @@ import pyarrow.compute as pc
 from ..model import TARGET_KEYS
 
 _BY_ATTRIBUTE = "f.trace_id IS NULL AND f.span_id IS NULL"
+_ENTRIES = (
+    "SELECT seq, unnest(list_prepend({{'key': NULL::VARCHAR, 'value': NULL::JSON}}, "
+    "map_entries(json_transform(attributes, '\"MAP(VARCHAR, JSON)\"'))), recursive := true) FROM {source}"
+)
+"""A record's entries: the same SELECT fills ``feedback_entries`` in migration 0006 (:mod:`.schema`)."""
 _BY_SPAN_ID = "f.trace_id IS NULL AND f.span_id IS NOT NULL"
 
 
@@ -148,6 +158,8 @@ def statements(spans: tuple[str, pa.Table] | None, feedback: tuple[str, pa.Table
         carried = known.named(table)
     by_attribute = False
     if feedback is not None:
+        # each record's attributes as one row per key, and a row with a NULL key that counts the record
+        out.append(f"INSERT INTO feedback_entries {_ENTRIES.format(source=feedback_view)}")
         table = feedback[1]
         trace_id, span_id, key = (table.column(c) for c in ("trace_id", "span_id", "target_key"))
         by_attribute = key.null_count < table.num_rows

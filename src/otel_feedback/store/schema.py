@@ -217,6 +217,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             span_id VARCHAR USING COMPRESSION uncompressed NOT NULL
         );
         INSERT INTO trace_roots SELECT trace_id, span_id FROM span_log WHERE parent_span_id IS NULL ORDER BY rowid;
+        CREATE TABLE feedback_entries (seq BIGINT NOT NULL, "key" VARCHAR, "value" JSON);
+        INSERT INTO feedback_entries
+        SELECT seq, unnest(list_prepend({'key': NULL::VARCHAR, 'value': NULL::JSON},
+                                        map_entries(json_transform(attributes, '"MAP(VARCHAR, JSON)"'))),
+                           recursive := true)
+        FROM feedback_log ORDER BY seq;
         CREATE TABLE feedback_trace_targets (seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL);
         INSERT INTO feedback_trace_targets
         SELECT f.seq, f.feedback_id, s.trace_id FROM feedback_log f JOIN span_log s ON s.session_id = f.target_value

@@ -79,12 +79,10 @@ _PATCHES_BODY = """
 -- One pipeline with no shared intermediate (DuckDB would materialise it whole), so a filter on trace_id
 -- reaches the feedback log and one trace's patches are computed alone.
 WITH kv AS (
-    -- each record gives one row per key it sets, plus one row with a NULL key that counts the record
-    SELECT t.trace_id, t.span_id, f.feedback_time, f.seq,
-           unnest(list_prepend({'key': NULL::VARCHAR, 'value': NULL::JSON},
-                               map_entries(json_transform(f.attributes, '"MAP(VARCHAR, JSON)"'))),
-                  recursive := true)
-    FROM {feedback} f JOIN {targets} t USING (feedback_id)
+    -- each record gives one row per key it sets, plus one row with a NULL key that counts the record: its
+    -- attributes taken apart by the writer (feedback_entries, store/maintained.py), not here on every read
+    SELECT t.trace_id, t.span_id, f.feedback_time, f.seq, e.key, e.value
+    FROM {feedback} f JOIN {targets} t USING (feedback_id) JOIN feedback_entries e ON e.seq = f.seq
 ), latest AS (
     SELECT trace_id, span_id, key, arg_max_null(value, (feedback_time, seq)) AS value,
            count(*) AS records, max(feedback_time) AS last_feedback_time
