@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -542,11 +543,13 @@ class ServeProcess:
 
 
 def pct(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), nearest-rank; NaN for no values."""
+    """The q-th percentile (0-100), nearest-rank: the smallest value with at least q % of the values at or below
+    it (rank ceil(q/100 n)); NaN for no values. Until session 9 the rank was ``round(q/100 n + 0.5)``, which
+    Python rounds half to even: the p99 of 100 samples (the feedback-to-visible phase) was their maximum."""
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
+    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s) - 1e-9) - 1))]
 
 
 class Bench:

@@ -88,3 +88,17 @@ def test_bench_quick_reports_every_metric(tmp_path: Path) -> None:
     assert raw["queries_idle"]["feedback_by_hour"]["rows"] > 0
     assert raw["server_exit"] == 0
     assert "✓" in proc.stdout or "✗" in proc.stdout
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    hundred = [float(v) for v in range(100, 0, -1)]  # 1..100, unsorted
+    assert (run.pct(hundred, 99), run.pct(hundred, 50), run.pct(hundred, 90)) == (99.0, 50.0, 90.0)
+    assert run.pct(hundred, 100) == 100.0 and run.pct(hundred, 0) == 1.0
+    thousand = [float(v) for v in range(1, 1001)]
+    assert (run.pct(thousand, 99), run.pct(thousand, 50)) == (990.0, 500.0)
+    assert run.pct([7.0], 99) == 7.0 and math.isnan(run.pct([], 50))
