@@ -67,10 +67,10 @@ class TraceIdSlots:
             tid = MAGIC + struct.pack(">HQ", template, ti)
             self.slots.append([m.start() for m in re.finditer(re.escape(tid), payload)])
 
-    def fresh(self, rng: random.Random) -> bytes:
-        """The request with a new random id for each trace (one ``randbytes`` and a slice per span)."""
+    def fresh(self, ids: bytes) -> bytes:
+        """The request with new trace ids: 16 bytes of ``ids`` for each trace (``len(slots) * 16``), a slice per
+        span."""
         buf = bytearray(self.payload)
-        ids = rng.randbytes(16 * len(self.slots))
         for i, offsets in enumerate(self.slots):
             tid = ids[16 * i : 16 * i + 16]
             for at in offsets:
@@ -348,8 +348,9 @@ def _raw_sender(cfg: SenderConfig, ready: Any, go: Any, out: Any) -> None:
                     return
             k = next(counter)
             slots, n = templates[k % len(templates)]
-            with lock:
-                payload = slots.fresh(id_rng)
+            with lock:  # the generator is shared by the sender's threads; the bytes are built outside the lock
+                ids = id_rng.randbytes(16 * len(slots.slots))
+            payload = slots.fresh(ids)
             if per_thread_rate:
                 due = started + sent_spans / per_thread_rate
                 pause = due - time.time()

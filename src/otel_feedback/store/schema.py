@@ -211,7 +211,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         SELECT trace_id, span_id, parent_span_id, start_time, received_at, feedback_attributes
         FROM span_log WHERE feedback_attributes IS NOT NULL ORDER BY rowid;
         -- plain text: the dictionary and FSST DuckDB picks for a table filled at once made a lookup by trace id
-        -- 4.0 ms at a million spans, plain text 1.1 ms (~16 B a root more)
+        -- 4.0 ms at a million spans, plain text 1.1 ms (full runs: 264 -> 270 B a span)
         CREATE TABLE trace_roots (
             trace_id VARCHAR USING COMPRESSION uncompressed NOT NULL,
             span_id VARCHAR USING COMPRESSION uncompressed NOT NULL

@@ -110,7 +110,7 @@ FEEDBACK_PATCHES_NOW = "CREATE OR REPLACE VIEW feedback_patches AS" + _fill(
 )
 
 # The user_feedback* columns of a span from its own feedback keys (derived at decode) merged with its patch: CTEs
-# `known` and `cols` over {source} (with feedback_attributes and patch), and the columns to select from cols.
+# over {source} (which has feedback_attributes and patch) ending in `derived`: {source}'s columns and those.
 _DERIVED_CTES = """known AS (
     SELECT *,
            json_extract(CASE WHEN patch IS NULL THEN feedback_attributes
@@ -127,19 +127,25 @@ _DERIVED_CTES = """known AS (
            k[5] AS ts,
            k[6]->>'$' AS annotation_status
     FROM known
+), derived AS (
+    SELECT * EXCLUDE (ts),
+           CASE WHEN ts->>'$' IS NOT NULL THEN
+               coalesce(
+                   TRY_CAST(TRY_CAST(ts->>'$' AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP_NS),
+                   TRY_CAST(ts->>'$' AS TIMESTAMP_NS),
+                   -- epoch seconds (or nanoseconds above 1e17), as feedback.parse_time reads them
+                   CASE WHEN json_type(ts) IN ('UBIGINT', 'BIGINT', 'DOUBLE') THEN
+                       TRY(make_timestamp_ns(CASE
+                           WHEN (ts->>'$')::DOUBLE > 1e17 THEN (ts->>'$')::HUGEINT
+                           ELSE round((ts->>'$')::DECIMAL(38, 9) * 1000000000)
+                       END::BIGINT))
+                   END)
+           END AS user_feedback_timestamp
+    FROM cols
 )"""
-_TIMESTAMP = """CASE WHEN ts->>'$' IS NOT NULL THEN
-           coalesce(
-               TRY_CAST(TRY_CAST(ts->>'$' AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP_NS),
-               TRY_CAST(ts->>'$' AS TIMESTAMP_NS),
-               -- epoch seconds (or nanoseconds above 1e17), as feedback.parse_time reads them
-               CASE WHEN json_type(ts) IN ('UBIGINT', 'BIGINT', 'DOUBLE') THEN
-                   TRY(make_timestamp_ns(CASE
-                       WHEN (ts->>'$')::DOUBLE > 1e17 THEN (ts->>'$')::HUGEINT
-                       ELSE round((ts->>'$')::DECIMAL(38, 9) * 1000000000)
-                   END::BIGINT))
-               END)
-       END"""
+
+_ARRIVED = "\n    WHERE NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS)"
+"""{arrived} of the as-of macros: by arrival, only what the file held then (every ``s`` it is put after)."""
 
 _SPAN_FEEDBACK_BODY = _fill(
     """
@@ -152,11 +158,11 @@ WITH copies AS (
     -- that a filter on trace_id reaches them
     SELECT s.trace_id, s.span_id, s.parent_span_id, s.start_time, s.received_at, s.feedback_attributes,
            NULL::JSON AS patch, NULL::BIGINT AS feedback_count, NULL::TIMESTAMP_NS AS last_feedback_time
-    FROM span_feedback_keys s WHERE TRUE{arrived}
+    FROM span_feedback_keys s{arrived}
     UNION ALL
     SELECT s.trace_id, s.span_id, s.parent_span_id, s.start_time, s.received_at, NULL::JSON,
            p.patch, p.feedback_count, p.last_feedback_time
-    FROM span_log s JOIN {patches} p USING (trace_id, span_id) WHERE TRUE{arrived}
+    FROM span_log s JOIN {patches} p USING (trace_id, span_id){arrived}
 ), stored AS (
     -- own keys: those of the first copy that has any
     SELECT trace_id, span_id, arg_min_null(parent_span_id, received_at) AS parent_span_id,
@@ -167,18 +173,15 @@ WITH copies AS (
 ), {derived}
 SELECT trace_id, span_id, parent_span_id, start_time, patch, feedback_count, last_feedback_time,
        user_feedback, user_feedback_rating, user_feedback_category, user_feedback_comment, annotation_status,
-       {timestamp} AS user_feedback_timestamp
-FROM cols
+       user_feedback_timestamp
+FROM derived
 """,
     derived=_fill(_DERIVED_CTES, source="stored"),
-    timestamp=_TIMESTAMP,
 )
 
 SPAN_FEEDBACK_AS_OF = "CREATE OR REPLACE MACRO span_feedback_as_of(as_of, by_arrival) AS TABLE" + (
     _fill(
-        _SPAN_FEEDBACK_BODY,
-        patches="feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival)",
-        arrived=" AND (NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS))",
+        _SPAN_FEEDBACK_BODY, patches="feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival)", arrived=_ARRIVED
     )
 )
 SPAN_FEEDBACK_NOW = "CREATE OR REPLACE VIEW span_feedback AS" + _fill(
@@ -193,15 +196,13 @@ _SPANS_BODY = _fill(
 WITH own AS (
     -- own keys: those of the first copy that has any
     SELECT trace_id, span_id, arg_min(feedback_attributes, received_at) AS feedback_attributes
-    FROM span_feedback_keys s WHERE TRUE{arrived}
+    FROM span_feedback_keys s{arrived}
     GROUP BY trace_id, span_id
 ), state AS (
     SELECT trace_id, span_id, o.feedback_attributes, p.patch, coalesce(p.feedback_count, 0) AS feedback_count,
            p.last_feedback_time
     FROM own o FULL JOIN {patches} p USING (trace_id, span_id)
-), {derived}, f AS (
-    SELECT *, {timestamp} AS user_feedback_timestamp FROM cols
-)
+), {derived}
 SELECT s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.service_name, s.start_time, s.end_time,
        s.duration_ms, s.status_code, s.status_message,
        CASE WHEN f.patch IS NULL THEN s.attributes ELSE json_merge_patch(s.attributes, f.patch) END AS attributes,
@@ -211,20 +212,16 @@ SELECT s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.service_name, 
                     duration_ms, status_code, status_message, attributes, model, feedback_attributes),
        s.attributes AS span_attributes
 FROM span_rows s
-LEFT JOIN f USING (trace_id, span_id){arrived_spans}
+LEFT JOIN derived f USING (trace_id, span_id){arrived}
 """,
     derived=_fill(_DERIVED_CTES, source="state"),
-    timestamp=_TIMESTAMP,
 )
 
+# by arrival: what the file held then, so spans not yet received are not there either
 SPANS_AS_OF = "CREATE OR REPLACE MACRO spans_as_of(as_of, by_arrival := false) AS TABLE" + _fill(
-    _SPANS_BODY,
-    patches="feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival)",
-    arrived=" AND (NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS))",
-    # by arrival: what the file held then, so spans not yet received are not there either
-    arrived_spans="\nWHERE NOT by_arrival OR s.received_at <= CAST(as_of AS TIMESTAMP_NS)",
+    _SPANS_BODY, patches="feedback_patches_as_of(CAST(as_of AS TIMESTAMP_NS), by_arrival)", arrived=_ARRIVED
 )
-SPANS = "CREATE OR REPLACE VIEW spans AS" + _fill(_SPANS_BODY, patches="feedback_patches", arrived="", arrived_spans="")
+SPANS = "CREATE OR REPLACE VIEW spans AS" + _fill(_SPANS_BODY, patches="feedback_patches", arrived="")
 
 ORPHAN_FEEDBACK = """
 CREATE OR REPLACE VIEW orphan_feedback AS

@@ -712,9 +712,11 @@ def insert(
     jobs: list[Mapping[str, pa.Table]],
     next_seq: int = 0,
     lsn: int | None = None,
-    known: maintained.Known | None = None,
+    *,
+    known: maintained.Known,
 ) -> int:
-    """Append the jobs' tables in one transaction (and record ``lsn`` as applied); the next feedback ``seq``.
+    """Append the jobs' tables in one transaction, with the tables kept beside them (:mod:`.maintained`, as
+    ``known`` says they need) and ``lsn`` recorded as applied; the next feedback ``seq``.
     Feedback rows without ``seq`` (no journal) are numbered here from ``next_seq``; journaled ones have theirs.
 
     The tables are registered before the transaction and the whole transaction goes to DuckDB as one
@@ -741,8 +743,6 @@ def insert(
             registered.append((view, table.get_total_buffer_size()))
             statements.append(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
             inserted[name] = (view, table)
-        if known is None:
-            known = maintained.Known.load(con)
         # the tables kept beside the logs (store/maintained.py), in the same transaction
         statements.extend(maintained.statements(inserted.get("span_log"), inserted.get("feedback_log"), known))
         if lsn is not None:
