@@ -103,7 +103,17 @@ REBUILT = {
     "feedback_span_targets": "SELECT DISTINCT f.seq, f.feedback_id, s.trace_id, s.span_id FROM feedback_log f "
     "JOIN span_log s ON s.span_id = f.span_id WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL",
 }
+REBUILT["span_copies"] = (
+    "SELECT trace_id, span_id, received_at FROM span_log WHERE (trace_id, span_id) IN "
+    "(SELECT trace_id, span_id FROM span_log GROUP BY ALL HAVING count(*) > 1)"
+)
+REBUILT["feedback_copies"] = (
+    "SELECT feedback_id, seq FROM feedback_log WHERE feedback_id IN "
+    "(SELECT feedback_id FROM feedback_log GROUP BY ALL HAVING count(*) > 1)"
+)
 KEPT = {
+    "span_copies": "SELECT trace_id, span_id, received_at FROM span_copies",
+    "feedback_copies": "SELECT feedback_id, seq FROM feedback_copies",
     "span_feedback_keys": "SELECT trace_id, span_id, parent_span_id, start_time, received_at, "
     "feedback_attributes::VARCHAR FROM span_feedback_keys",
     "trace_roots": "SELECT trace_id, span_id FROM trace_roots",
@@ -142,6 +152,8 @@ def test_the_kept_tables_equal_their_rebuild_from_the_logs(tmp_path: Path, seed:
         records.append({**target, "id": f"rec-{i % 25}", "attributes": {"user_feedback_rating": 1 + i % 5}})
     jobs = [{"span_log": _spans(s)} for s in spans] + [{"feedback_log": _feedback(r)} for r in records]
     jobs += [{"span_log": _spans(*rng.sample(spans, 5))}]  # a retry that stores some spans again
+    twice = rng.choice(spans)
+    jobs += [{"span_log": _spans(twice, rng.choice(spans), twice)}]  # a request that carries a span twice
     rng.shuffle(jobs)
     with Store(tmp_path / "kept.duckdb") as store:
         while jobs:  # a few at a time, each few in a transaction of its own (flush applies them)
@@ -153,3 +165,21 @@ def test_the_kept_tables_equal_their_rebuild_from_the_logs(tmp_path: Path, seed:
             kept = sorted(store.query(KEPT[table]).rows, key=repr)
             assert kept == sorted(store.query(rebuilt).rows, key=repr), table
         assert store.query("SELECT count(*) FROM trace_roots").rows[0][0] >= len(traces)
+        # copies of a span never share a received_at (the writer moves the later ones on), and the views' first
+        # copies are those a search of the whole log finds (the earliest received_at, then the lowest rowid)
+        ties = "SELECT trace_id, span_id, received_at FROM span_log GROUP BY ALL HAVING count(*) > 1"
+        assert store.query(ties).rows == []
+        first = sorted(store.query("SELECT trace_id, span_id, received_at FROM span_rows").rows)
+        assert first == sorted(store.query(FIRST_COPIES).rows)
+        assert len(first) == store.query("SELECT count(DISTINCT (trace_id, span_id)) FROM span_log").rows[0][0]
+        assert sorted(store.query("SELECT seq FROM feedback").rows) == sorted(
+            store.query("SELECT min(seq) FROM feedback_log GROUP BY feedback_id").rows
+        )
+        assert store.query("SELECT count(*) FROM span_copies").rows[0][0] >= 2  # the workload has repeats
+
+
+FIRST_COPIES = """
+SELECT s.trace_id, s.span_id, s.received_at FROM span_log s
+ANTI JOIN span_log e ON e.trace_id = s.trace_id AND e.span_id = s.span_id
+    AND (e.received_at < s.received_at OR (e.received_at = s.received_at AND e.rowid < s.rowid))
+"""

@@ -139,3 +139,64 @@ def test_a_version_5_file_gets_the_targets_its_feedback_names(tmp_path: Path) ->
         rows = store.query(targets).rows
         assert sorted(rows) == sorted(expected | {("trace-t9", "t9", "r9"), ("session-s", "t5", "r5")})
         assert store.query("SELECT feedback_id FROM orphan_feedback").rows == []
+
+
+def test_a_version_6_file_gets_the_copies_of_what_it_holds_twice(tmp_path: Path) -> None:
+    """0007 writes down every copy of each span and record stored more than once, moving copies of a span with
+    the same received_at 1 ns apart in the order stored; the views then show the same first copies."""
+    path = tmp_path / "v6.duckdb"
+    con = duckdb.connect(str(path))
+    try:
+        migrate(con, str(path), "0.0.9", MIGRATIONS[:6])
+        _span(con, "t1", "r1", None, service_name="first")
+        _span(con, "t1", "r1", None, service_name="second")  # the same request carried it twice: same received_at
+        _span(con, "t1", "c1", "r1")
+        _span(con, "t2", "r2", None, service_name="early")
+        con.execute(
+            "INSERT INTO span_log SELECT * REPLACE ('later' AS service_name, received_at + INTERVAL 1 SECOND AS received_at) "
+            "FROM span_log WHERE span_id = 'r2'"
+        )
+        _record(con, 1, "once", "t1", "r1")
+        _record(con, 2, "twice", "t1", "c1")
+        _record(con, 3, "twice", "t2", "r2")  # a retry naming another span: the first counts
+    finally:
+        con.close()
+    with Store(path) as store:
+        assert store.query("SELECT max(version) FROM _migrations").rows == [(SCHEMA_VERSION,)]
+        copies = store.query(
+            "SELECT trace_id, span_id, epoch_ns(received_at) - epoch_ns(TIMESTAMP_NS '2026-11-01 10:00:02') "
+            "FROM span_copies ORDER BY ALL"
+        ).rows
+        assert copies == [("t1", "r1", 0), ("t1", "r1", 1), ("t2", "r2", 0), ("t2", "r2", 1_000_000_000)]
+        assert store.query("SELECT service_name FROM span_log WHERE span_id = 'r1' ORDER BY received_at").rows == [
+            ("first",),
+            ("second",),
+        ]
+        assert store.query("SELECT span_id, service_name FROM spans WHERE parent_span_id IS NULL ORDER BY 1").rows == [
+            ("r1", "first"),
+            ("r2", "early"),
+        ]
+        assert store.query("SELECT feedback_id, seq FROM feedback_copies ORDER BY seq").rows == [
+            ("twice", 2),
+            ("twice", 3),
+        ]
+        assert store.query("SELECT feedback_id, span_id FROM feedback_targets ORDER BY 1").rows == [
+            ("once", "r1"),
+            ("twice", "c1"),
+        ]
+        # a third copy of r1 arrives: written down beside the other two, and the first still counts
+        con = store.cursor()
+        try:
+            again = con.sql(
+                "SELECT * REPLACE ('third' AS service_name) FROM span_log WHERE service_name = 'first'"
+            ).to_arrow_table()
+        finally:
+            con.close()
+        store.append({"span_log": again})
+        assert store.query("SELECT count(*) FROM span_copies WHERE span_id = 'r1'").rows == [(3,)]
+        assert store.query("SELECT service_name FROM spans WHERE span_id = 'r1'").rows == [("first",)]
+        # the same received_at as the first copy: moved on past both earlier copies
+        assert store.query(
+            "SELECT epoch_ns(received_at) - epoch_ns(TIMESTAMP_NS '2026-11-01 10:00:02') FROM span_log "
+            "WHERE service_name = 'third'"
+        ).rows == [(2,)]

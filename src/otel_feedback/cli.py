@@ -84,9 +84,12 @@ def cli() -> None:
 
 def _decoder_note(settings: Settings) -> str:
     from .decode import COMPILED_DECODER
+    from .store.seen import COMPILED as COMPILED_FILTER
 
     if not COMPILED_DECODER:
         return "Python (the compiled decoder was not built: no C compiler at install? decoding is about 4x slower, ingest about half as fast)"
+    if not COMPILED_FILTER:
+        return "compiled; the span filter in Python (_seen was not built: opening a file takes ~2 s per million spans more)"
     if not settings.compiled_decoder:
         return "Python (OTEL_FEEDBACK_COMPILED_DECODER=false)"
     return "compiled"

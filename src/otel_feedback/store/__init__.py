@@ -299,11 +299,16 @@ class Store:
                 # The journal belongs to the first read-write Store of a file in this process. A second one shares
                 # its database but not its journal (two would replay and delete each other's records): it
                 # acknowledges after commit.
+                known = self._instance.known if self._instance is not None else None
+                if known is None:
+                    known = Known.load(self._con)
+                    if self._instance is not None:
+                        self._instance.known = known
                 wal = None
                 if self.path != ":memory:" and _key(self.path) not in _LIVE_WRITERS:
                     if journal:
                         wal = Journal(journal_dir(self.path))
-                        self._replay(wal, checkpoint=no_wal)
+                        self._replay(wal, checkpoint=no_wal, known=known)
                     elif _unapplied(self._con, self.path):
                         raise SchemaError(
                             f"{journal_dir(self.path)} holds writes that are not in {self.path} yet; open it once "
@@ -312,11 +317,6 @@ class Store:
                 checkpoint_bytes = None
                 if no_wal:  # the writer checkpoints; one without the journal at every commit
                     checkpoint_bytes = parse_size(checkpoint_threshold or DEFAULT_CHECKPOINT) if wal is not None else 0
-                known = self._instance.known if self._instance is not None else None
-                if known is None:
-                    known = Known.load(self._con)
-                    if self._instance is not None:
-                        self._instance.known = known
                 self.writer = Writer(
                     self._con,
                     known=known,
@@ -333,8 +333,8 @@ class Store:
             _release(self.path, self._instance)
             raise
 
-    def _replay(self, wal: Journal, checkpoint: bool) -> None:
-        records, rows = replay(self._con, wal, checkpoint=checkpoint)
+    def _replay(self, wal: Journal, checkpoint: bool, known: Known) -> None:
+        records, rows = replay(self._con, wal, checkpoint=checkpoint, known=known)
         if records:
             _log.warning(
                 "otel-feedback: applied %d journal records (%d rows) that %s did not have yet "

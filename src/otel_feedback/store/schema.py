@@ -239,6 +239,39 @@ MIGRATIONS: tuple[Migration, ...] = (
         WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL;
         """,
     ),
+    Migration(
+        # Every copy of each span and each feedback record stored more than once (store/maintained.py), which the
+        # views of 0001-0006 looked for in the logs on every read. Copies of a span with the same received_at (a
+        # request that carried it twice) first move 1 ns apart, in the order stored, as the writer stores them
+        # now. The repeats are found by hash first: grouping 2.6 M (trace_id, span_id) pairs needs far more memory
+        # than grouping their hashes.
+        "0007_copies",
+        """
+        CREATE TABLE span_copies (trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL, received_at TIMESTAMP_NS NOT NULL);
+        CREATE TABLE feedback_copies (feedback_id VARCHAR NOT NULL, seq BIGINT NOT NULL);
+        CREATE TEMP TABLE repeated_0007 AS
+        SELECT s.rowid AS r, s.trace_id, s.span_id, s.received_at FROM span_log s
+        WHERE hash(s.trace_id, s.span_id) IN (
+            SELECT hash(trace_id, span_id) FROM span_log GROUP BY 1 HAVING count(*) > 1
+        )
+        QUALIFY count(*) OVER (PARTITION BY s.trace_id, s.span_id) > 1;
+        UPDATE span_log SET received_at = make_timestamp_ns(epoch_ns(t.received_at) + t.k)
+        FROM (
+            SELECT r, received_at,
+                   row_number() OVER (PARTITION BY trace_id, span_id, received_at ORDER BY r) - 1 AS k
+            FROM repeated_0007
+        ) t
+        WHERE span_log.rowid = t.r AND t.k > 0;
+        INSERT INTO span_copies
+        SELECT s.trace_id, s.span_id, s.received_at FROM span_log s SEMI JOIN repeated_0007 t ON t.r = s.rowid
+        ORDER BY s.rowid;
+        DROP TABLE repeated_0007;
+        INSERT INTO feedback_copies
+        SELECT feedback_id, seq FROM feedback_log
+        WHERE feedback_id IN (SELECT feedback_id FROM feedback_log GROUP BY 1 HAVING count(*) > 1)
+        ORDER BY seq;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

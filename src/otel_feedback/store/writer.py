@@ -726,6 +726,17 @@ def insert(
     (2 M spans in the file). DuckDB refuses register() while the connection's last result is unfinished (a
     ``fetchone()`` that left rows; a later ``execute`` ends it): the statements that run right before inserts on
     this connection, the replay's and the Writer's opening query, read with ``fetchall()``."""
+    with known.writing:
+        return _insert(con, jobs, next_seq, lsn, known)
+
+
+def _insert(
+    con: duckdb.DuckDBPyConnection,
+    jobs: list[Mapping[str, pa.Table]],
+    next_seq: int,
+    lsn: int | None,
+    known: maintained.Known,
+) -> int:
     statements = ["BEGIN TRANSACTION"]
     registered: list[tuple[str, int]] = []
     inserted: dict[str, tuple[str, pa.Table]] = {}
@@ -744,6 +755,11 @@ def insert(
             statements.append(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
             inserted[name] = (view, table)
         # the tables kept beside the logs (store/maintained.py), in the same transaction
+        for name, rows in maintained.copies(con, inserted, known).items():
+            view = f"__otel_feedback_{name}"
+            con.register(view, rows)
+            registered.append((view, rows.get_total_buffer_size()))
+            statements.append(f"INSERT INTO {name} SELECT * FROM {view}")
         statements.extend(maintained.statements(inserted.get("span_log"), inserted.get("feedback_log"), known))
         if lsn is not None:
             statements.append(f"UPDATE _journal SET applied_lsn = {int(lsn)}")
@@ -785,14 +801,18 @@ def set_aside(
 
 
 def replay(
-    con: duckdb.DuckDBPyConnection, journal: Journal, batch_rows: int = 100_000, checkpoint: bool = False
+    con: duckdb.DuckDBPyConnection,
+    journal: Journal,
+    batch_rows: int = 100_000,
+    checkpoint: bool = False,
+    known: maintained.Known | None = None,
 ) -> tuple[int, int]:
     """Apply the journal records DuckDB does not have yet (after a crash); (records, rows) applied. With
     ``checkpoint`` (a database DuckDB writes no WAL for), they are checkpointed into the file before the journal
     files are let go."""
     found = con.execute("SELECT applied_lsn FROM _journal").fetchall()
     applied = int(found[0][0]) if found else 0
-    known = maintained.Known.load(con)
+    known = known if known is not None else maintained.Known.load(con)
     records = rows = pending = 0
     last = applied
     batch: list[tuple[int, dict[str, pa.Table]]] = []
