@@ -89,7 +89,7 @@ class Known:
         self._lock = threading.Lock()
         self.spans = spans if spans is not None else Seen()
         """The (trace_id, span_id) of every span stored (a superset: :mod:`.seen`)."""
-        self.feedback = feedback if feedback is not None else Seen()
+        self.feedback = feedback if feedback is not None else Seen(least=1 << 16)
         """The feedback_id of every record stored (likewise)."""
         self.writing = threading.Lock()
         """Held by :func:`.writer.insert` through each transaction: the writers of an instance look for earlier
@@ -98,7 +98,7 @@ class Known:
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection) -> Known:
         rows = con.execute("SELECT EXISTS (FROM feedback_log f WHERE " + _BY_SPAN_ID + ")").fetchall()
-        feedback = Seen(int(con.execute("SELECT count(*) FROM feedback_log").fetchall()[0][0]))
+        feedback = Seen(int(con.execute("SELECT count(*) FROM feedback_log").fetchall()[0][0]), least=1 << 16)
         for batch in con.sql("SELECT feedback_id FROM feedback_log").to_arrow_reader(65_536):
             feedback.add(feedback_hashes(batch.column(0)))
         known = cls(bool(rows[0][0]), spans=Seen.load(con, "span_log", _SPAN_KEY), feedback=feedback)

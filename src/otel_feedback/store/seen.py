@@ -36,6 +36,7 @@ COMPILED = _seen is not None
 BITS_PER_KEY = 32
 HASHES = 7
 MIN_KEYS = 1 << 18
+"""The first filter's capacity, at least (1 MB): the spans' filter of a new file."""
 _M64 = (1 << 64) - 1
 
 
@@ -78,8 +79,8 @@ def _filter_for(keys: int) -> bytearray:
 class Seen:
     """Bloom filters of the hashes of a log's keys (see the module doc). Thread-safe; one per log per instance."""
 
-    def __init__(self, expected: int = 0) -> None:
-        capacity = max(MIN_KEYS, expected + expected // 4)
+    def __init__(self, expected: int = 0, least: int = MIN_KEYS) -> None:
+        capacity = max(least, expected + expected // 4)
         self._filters = [_filter_for(capacity)]
         self._room = capacity  # keys the last filter takes before the next one starts
         self._lock = threading.Lock()
