@@ -28,6 +28,8 @@ def _spans(*spans: tuple[str, str, str | None, dict[str, str]]) -> pa.Table:
         if parent:
             s.parent_span_id = bytes.fromhex(parent)
         s.name, s.start_time_unix_nano, s.end_time_unix_nano = "n", 1_000, 2_000
+        if attrs.get("failed"):
+            s.status.code = 2  # STATUS_CODE_ERROR
         for k, v in attrs.items():
             kv = s.attributes.add()
             kv.key, kv.value.string_value = k, v
@@ -104,7 +106,7 @@ REBUILT = {
     "JOIN span_log s ON s.span_id = f.span_id WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL",
 }
 REBUILT["span_copies"] = (
-    "SELECT trace_id, span_id, received_at FROM span_log WHERE (trace_id, span_id) IN "
+    "SELECT trace_id, span_id, received_at, status_code, annotation_carrier FROM span_log WHERE (trace_id, span_id) IN "
     "(SELECT trace_id, span_id FROM span_log GROUP BY ALL HAVING count(*) > 1)"
 )
 REBUILT["feedback_copies"] = (
@@ -112,7 +114,7 @@ REBUILT["feedback_copies"] = (
     "(SELECT feedback_id FROM feedback_log GROUP BY ALL HAVING count(*) > 1)"
 )
 KEPT = {
-    "span_copies": "SELECT trace_id, span_id, received_at FROM span_copies",
+    "span_copies": "SELECT trace_id, span_id, received_at, status_code, annotation_carrier FROM span_copies",
     "feedback_copies": "SELECT feedback_id, seq FROM feedback_copies",
     "span_feedback_keys": "SELECT trace_id, span_id, parent_span_id, start_time, received_at, "
     "feedback_attributes::VARCHAR FROM span_feedback_keys",
@@ -137,7 +139,8 @@ def test_the_kept_tables_equal_their_rebuild_from_the_logs(tmp_path: Path, seed:
         spans.append((trace, root, None, {**session, "client_request_id": f"r{t}"}))
         for _ in range(rng.randint(0, 3)):
             own = {"user_feedback": "negative"} if rng.random() < 0.3 else {}
-            spans.append((trace, f"{rng.getrandbits(64):016x}", root, {**session, **own}))
+            failed = {"failed": "yes"} if rng.random() < 0.3 else {}
+            spans.append((trace, f"{rng.getrandbits(64):016x}", root, {**session, **own, **failed}))
     for i in range(30):
         trace, span, _, _ = rng.choice(spans)
         target = rng.choice(
@@ -176,6 +179,17 @@ def test_the_kept_tables_equal_their_rebuild_from_the_logs(tmp_path: Path, seed:
             store.query("SELECT min(seq) FROM feedback_log GROUP BY feedback_id").rows
         )
         assert store.query("SELECT count(*) FROM span_copies").rows[0][0] >= 2  # the workload has repeats
+        # traces count each span once, from the copies kept: as counting distinct span ids in the log does
+        counts = "SELECT trace_id, span_count, error_count, status_code = 'ERROR' FROM traces"
+        assert sorted(store.query(counts).rows) == sorted(store.query(DISTINCT_COUNTS).rows)
+        assert store.query("SELECT count(*) FROM traces WHERE error_count > 0").rows[0][0] > 0
+
+
+DISTINCT_COUNTS = """
+SELECT trace_id, count(DISTINCT span_id), count(DISTINCT span_id) FILTER (WHERE status_code = 'ERROR'),
+       count(DISTINCT span_id) FILTER (WHERE status_code = 'ERROR') > 0
+FROM span_log WHERE annotation_carrier IS NOT TRUE GROUP BY trace_id
+"""
 
 
 FIRST_COPIES = """

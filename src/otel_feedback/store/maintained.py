@@ -35,8 +35,8 @@ A trace id alone needs no search: the view joins such records to ``trace_roots``
 a join of small tables. Resolving it here instead cost a search of ``span_log``'s roots per apply (~25 ms at
 2.6 M spans, 100-160 ms in a server during 500 PATCHes a second; PATCH p99 3 -> 4-9 ms).
 
-**Every copy of a key stored more than once** (``span_copies``: trace_id, span_id, received_at; ``feedback_copies``:
-feedback_id, seq). A client's retry stores a span or a record again; the views show the first copy (the earliest
+**Every copy of a key stored more than once** (``span_copies``: trace_id, span_id, received_at, and the copy's
+status_code and annotation_carrier, which ``traces`` counts spans by; ``feedback_copies``: feedback_id, seq). A client's retry stores a span or a record again; the views show the first copy (the earliest
 ``received_at``; the lowest ``seq``), and look for earlier copies here, not in the logs: a point lookup in
 ``spans`` read ``span_log`` twice for that, and ``feedback`` read ``feedback_log`` whole. The writer finds the
 keys of a batch stored before with :class:`.seen.Seen` (Bloom filters, per log, in ``Known``) and looks only
@@ -260,29 +260,36 @@ def _span_copies(con: duckdb.DuckDBPyConnection, table: pa.Table, found: list[in
     # every stored copy of these spans, and those already written down
     stored = _stored(
         con,
-        f"SELECT s.trace_id, s.span_id, epoch_ns(s.received_at), false FROM span_log s SEMI JOIN {_CANDIDATES} c "
-        "USING (trace_id, span_id)\nUNION ALL\n"
-        f"SELECT s.trace_id, s.span_id, epoch_ns(s.received_at), true FROM span_copies s SEMI JOIN {_CANDIDATES} c "
-        "USING (trace_id, span_id)",
+        "SELECT s.trace_id, s.span_id, epoch_ns(s.received_at), s.status_code, s.annotation_carrier, false\n"
+        f"FROM span_log s SEMI JOIN {_CANDIDATES} c USING (trace_id, span_id)\nUNION ALL\n"
+        "SELECT s.trace_id, s.span_id, epoch_ns(s.received_at), s.status_code, s.annotation_carrier, true\n"
+        f"FROM span_copies s SEMI JOIN {_CANDIDATES} c USING (trace_id, span_id)",
         wanted,
     )
-    old: dict[tuple[str, str], set[int]] = {}
+    old: dict[tuple[str, str], dict[int, tuple[str, bool | None]]] = {}
     noted: dict[tuple[str, str], set[int]] = {}
-    for trace_id, span_id, at, listed in stored:
-        (noted if listed else old).setdefault((trace_id, span_id), set()).add(at)
+    for trace_id, span_id, at, status, carrier, listed in stored:
+        if listed:
+            noted.setdefault((trace_id, span_id), set()).add(at)
+        else:
+            old.setdefault((trace_id, span_id), {})[at] = (status, carrier)
     # this batch's copies of them, in order
     received = table.column("received_at").cast(pa.int64()).to_pylist()
+    statuses = table.column("status_code").to_pylist()
+    carriers = table.column("annotation_carrier").to_pylist()
     new: dict[tuple[str, str], list[int]] = {}
     for i, pair in enumerate(zip(trace_ids.to_pylist(), span_ids.to_pylist(), strict=True)):
         if pair in keys:
             new.setdefault(pair, []).append(i)
-    rows: list[tuple[str, str, int]] = []
+    rows: list[tuple[str, str, int, str, bool | None]] = []
     moved = False
     for pair, positions in new.items():
-        taken = old.get(pair, set())
-        if len(taken) + len(positions) < 2:
+        before = old.get(pair, {})
+        if len(before) + len(positions) < 2:
             continue  # a false positive of the filter: stored once
-        rows.extend((*pair, at) for at in sorted(taken - noted.get(pair, set())))
+        listed = noted.get(pair, set())
+        rows.extend((*pair, at, *before[at]) for at in sorted(before) if at not in listed)
+        taken = set(before)
         for i in positions:
             at = received[i]
             while at in taken:  # the same request carried it twice: 1 ns later each
@@ -291,7 +298,7 @@ def _span_copies(con: duckdb.DuckDBPyConnection, table: pa.Table, found: list[in
                 received[i] = at
                 moved = True
             taken.add(at)
-            rows.append((*pair, at))
+            rows.append((*pair, at, statuses[i], carriers[i]))
     if moved:
         column = pa.array(received, pa.int64()).cast(table.schema.field("received_at").type)
         table = table.set_column(table.schema.get_field_index("received_at"), "received_at", column)
@@ -300,6 +307,8 @@ def _span_copies(con: duckdb.DuckDBPyConnection, table: pa.Table, found: list[in
             "trace_id": pa.array([r[0] for r in rows], pa.string()),
             "span_id": pa.array([r[1] for r in rows], pa.string()),
             "received_at": pa.array([r[2] for r in rows], pa.int64()).cast(_NS),
+            "status_code": pa.array([r[3] for r in rows], pa.string()),
+            "annotation_carrier": pa.array([r[4] for r in rows], pa.bool_()),
         }
     )
     return copies, table

@@ -247,7 +247,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         # than grouping their hashes.
         "0007_copies",
         """
-        CREATE TABLE span_copies (trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL, received_at TIMESTAMP_NS NOT NULL);
+        CREATE TABLE span_copies (
+            trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL, received_at TIMESTAMP_NS NOT NULL,
+            status_code VARCHAR NOT NULL, annotation_carrier BOOLEAN
+        );
         CREATE TABLE feedback_copies (feedback_id VARCHAR NOT NULL, seq BIGINT NOT NULL);
         CREATE TEMP TABLE repeated_0007 AS
         SELECT s.rowid AS r, s.trace_id, s.span_id, s.received_at FROM span_log s
@@ -263,7 +266,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) t
         WHERE span_log.rowid = t.r AND t.k > 0;
         INSERT INTO span_copies
-        SELECT s.trace_id, s.span_id, s.received_at FROM span_log s SEMI JOIN repeated_0007 t ON t.r = s.rowid
+        SELECT s.trace_id, s.span_id, s.received_at, s.status_code, s.annotation_carrier
+        FROM span_log s SEMI JOIN repeated_0007 t ON t.r = s.rowid
         ORDER BY s.rowid;
         DROP TABLE repeated_0007;
         INSERT INTO feedback_copies

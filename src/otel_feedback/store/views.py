@@ -249,15 +249,18 @@ ANNOTATIONS = "CREATE OR REPLACE VIEW annotations AS" + _fill(
 )
 
 _TRACES_BODY = """
--- Aggregations each only as wide as it must be: span statistics and the root's fields over span_log, counts of
--- distinct span ids, and feedback over the few spans that have any. Traces made only of annotation carrier
--- spans (OpenInference feedback sent as spans) are not traces of the application. The scope condition in
--- stats and span_counts narrows the traces aggregated (TRUE for all of them).
+-- Aggregations each only as wide as it must be: span statistics, counts and the root's fields over span_log,
+-- and feedback over the few spans that have any. Traces made only of annotation carrier spans (OpenInference
+-- feedback sent as spans) are not traces of the application. The scope condition in stats narrows the traces
+-- aggregated (TRUE for all of them).
 WITH stats AS (
     -- one pass over span_log: min, max and the root's fields do not change when a client's retry stored a
     -- span twice, so no deduplication here; each root field is its own aggregate, which DuckDB drops when
-    -- a query does not use it (so the attributes column is read only when root_attributes is asked for)
+    -- a query does not use it (so the attributes column is read only when root_attributes is asked for). The
+    -- counts take every copy; `copies` takes the extra ones off.
     SELECT trace_id,
+           count(*) AS stored_spans,
+           count(*) FILTER (WHERE status_code = 'ERROR') AS stored_errors,
            min(start_time) AS start_time,
            max(end_time) AS end_time,
            any_value(service_name) AS any_service,
@@ -273,15 +276,14 @@ WITH stats AS (
     WHERE annotation_carrier IS NOT TRUE  -- OpenInference annotation carriers are feedback, not answers
       AND {scope}
     GROUP BY trace_id
-), span_counts AS (
-    -- counts need each span once (distinct ids): each its own single-aggregate grouping of span_log, which
-    -- DuckDB drops from queries that do not ask for span_count, error_count or status_code
-    SELECT trace_id, count(DISTINCT span_id) FILTER (WHERE annotation_carrier IS NOT TRUE) AS span_count
-    FROM span_log WHERE {scope} GROUP BY trace_id
-), error_counts AS (
-    -- over the few failed spans only
-    SELECT trace_id, count(DISTINCT span_id) AS error_count
-    FROM span_log WHERE status_code = 'ERROR' AND annotation_carrier IS NOT TRUE GROUP BY trace_id
+), copies AS (
+    -- a span counts once however many copies a client's retries stored: the extra copies, from the copies of
+    -- the spans stored more than once (store/maintained.py); counting distinct span ids read span_log twice more
+    SELECT trace_id, sum(n - least(n, 1)) AS extra_spans, sum(e - least(e, 1)) AS extra_errors
+    FROM (
+        SELECT trace_id, span_id, count(*) AS n, count(*) FILTER (WHERE status_code = 'ERROR') AS e
+        FROM span_copies WHERE annotation_carrier IS NOT TRUE GROUP BY trace_id, span_id
+    ) GROUP BY trace_id
 ), fb AS (
     -- feedback, read from the few spans that have any: a root span's own values (a span without a parent;
     -- the earliest one with the value if a broken trace has several) win over the latest on any span
@@ -310,8 +312,9 @@ WITH stats AS (
            coalesce(s.root_service_name, s.any_service) AS service_name, s.model,
            s.start_time, s.end_time,
            date_diff('microsecond', s.start_time, s.end_time) / 1000.0 AS duration_ms,
-           n.span_count, coalesce(e.error_count, 0) AS error_count,
-           CASE WHEN e.error_count > 0 THEN 'ERROR' ELSE coalesce(s.root_status_code, 'UNSET') END AS status_code,
+           (s.stored_spans - coalesce(c.extra_spans, 0))::BIGINT AS span_count,
+           (s.stored_errors - coalesce(c.extra_errors, 0))::BIGINT AS error_count,
+           CASE WHEN s.stored_errors > 0 THEN 'ERROR' ELSE coalesce(s.root_status_code, 'UNSET') END AS status_code,
            s.input, s.output,
            coalesce(f.r_user_feedback, f.any_feedback) AS user_feedback,
            coalesce(f.r_user_feedback_rating, f.any_rating) AS user_feedback_rating,
@@ -321,8 +324,7 @@ WITH stats AS (
            CASE WHEN f.patched_root = s.root_span_id THEN json_merge_patch(s.root_span_attributes, f.root_patch)
                 ELSE s.root_span_attributes END AS root_attributes
     FROM stats s
-    LEFT JOIN span_counts n USING (trace_id)
-    LEFT JOIN error_counts e USING (trace_id)
+    LEFT JOIN copies c USING (trace_id)
     LEFT JOIN fb f USING (trace_id)
 )
 SELECT trace_id, root_span_id, root_name, service_name, model, start_time, end_time, duration_ms, span_count,

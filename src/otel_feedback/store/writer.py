@@ -35,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -540,7 +541,8 @@ class Writer:
         lsn = self._applied_lsn
         started = time.perf_counter()
         try:
-            self._con.execute("CHECKPOINT")
+            with nullcontext() if self._memory is None else self._memory.room_to_checkpoint(self._con):
+                self._con.execute("CHECKPOINT")
         except Exception as exc:  # the journal still has everything: retried after the next write, or at close
             self._checkpoint_error = exc
             _log.error("otel-feedback writer: checkpoint failed (the journal keeps the writes): %s", exc)
@@ -759,7 +761,7 @@ def _insert(
             view = f"__otel_feedback_{name}"
             con.register(view, rows)
             registered.append((view, rows.get_total_buffer_size()))
-            statements.append(f"INSERT INTO {name} SELECT * FROM {view}")
+            statements.append(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
         statements.extend(maintained.statements(inserted.get("span_log"), inserted.get("feedback_log"), known))
         if lsn is not None:
             statements.append(f"UPDATE _journal SET applied_lsn = {int(lsn)}")
