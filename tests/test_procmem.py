@@ -64,3 +64,44 @@ def test_trimming_gives_freed_heap_memory_back() -> None:
     )
     before, after = map(int, out.split())
     assert before - after >= 80, (before, after)
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_big_blocks_are_handed_back_when_freed(configured: bool) -> None:
+    """Blocks of 4 MB and more get pages of their own: freed, they leave RSS at once, without a trim. Without the
+    setting, glibc's threshold rises to the largest block freed, and the next ones stay in its heap."""
+    out = run(
+        f"""
+        import ctypes
+        from pathlib import Path
+        from otel_feedback import procmem
+        def anon():
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) // 1024
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+        libc.free.argtypes = (ctypes.c_void_p,)
+        libc.memset.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
+        def block(size):
+            p = libc.malloc(size)
+            libc.memset(p, 1, size)
+            return p
+        if {configured}:
+            procmem.configure()
+        libc.free(block(24 << 20))  # a big block freed: glibc raises its threshold past the next ones
+        big, small = [], []
+        for _ in range(20):  # 5 MB blocks between small kept ones: the heap cannot shrink from its top
+            big.append(block(5 << 20))
+            small.append(block(600))
+        before = anon()
+        for p in big:
+            libc.free(p)
+        print(before, anon())
+        """
+    )
+    before, after = map(int, out.split())
+    if configured:
+        assert before - after >= 90, (before, after)
+    else:  # what the setting is for: the same blocks stay
+        assert before - after < 10, (before, after)
