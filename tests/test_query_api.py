@@ -544,3 +544,30 @@ def test_reading_queries_that_look_suspicious_still_work(client: httpx.Client) -
     assert r.status_code == 200 and r.json()["row_count"] == 1
     r = post(client, {"sql": "DESCRIBE spans"})
     assert r.status_code == 200 and "trace_id" in [row[0] for row in r.json()["rows"]]
+
+
+def test_a_query_text_is_checked_once_and_a_rejected_one_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otel_feedback import queryapi
+    from otel_feedback.config import Settings
+    from otel_feedback.errors import QueryRejected
+    from otel_feedback.store import Store
+
+    checks: list[str] = []
+    check = queryapi.check_read_only
+    monkeypatch.setattr(queryapi, "check_read_only", lambda cur, st: (checks.append(st), check(cur, st))[1])
+    monkeypatch.setattr(queryapi, "CHECKED_QUERIES", 2)
+    with Store(tmp_path / "c.duckdb") as store:
+        ep = queryapi.QueryEndpoint(store, Settings())
+        for _ in range(3):
+            assert ep._rows("SELECT 41 + 1", None, 10).rows == [(42,)]
+        assert len(checks) == 1
+        bad = "WITH gone AS (DELETE FROM span_log RETURNING *) SELECT count(*) FROM gone"
+        for _ in range(2):
+            with pytest.raises(QueryRejected):
+                ep._rows(bad, None, 10)
+        assert len(checks) == 3
+        for q in ("SELECT 1", "SELECT 2", "SELECT 41 + 1"):  # two remembered at most: the first is checked again
+            ep._rows(q, None, 10)
+        assert len(checks) == 6 and list(ep._checked) == ["SELECT 2", "SELECT 41 + 1"]

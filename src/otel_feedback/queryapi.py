@@ -18,6 +18,8 @@ Answers JSON (default), CSV, NDJSON or Arrow IPC stream, chosen by ``format`` or
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -110,10 +112,34 @@ def _format(request: Request, given: Any) -> str:
     return "json"
 
 
+CHECKED_QUERIES = 256
+"""How many query texts that passed the read-only checks are remembered (their statement), so that a client that
+sends the same SQL again (a dashboard, a poller: the benchmark's feedback-to-visible lookup) is not parsed and
+serialised again: ~0.4 ms of a query that answers in ~1.3 ms in-process."""
+
+
 class QueryEndpoint:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self._checked: OrderedDict[str, str] = OrderedDict()
+        self._checked_lock = threading.Lock()
+
+    def _statement(self, cur: Any, sql: str) -> str:
+        """The checked statement of ``sql`` (layer 1): from the texts checked before, else checked now. The checks
+        depend on the text alone (DuckDB's parser and syntax tree, not the catalog)."""
+        with self._checked_lock:
+            statement = self._checked.get(sql)
+            if statement is not None:
+                self._checked.move_to_end(sql)
+                return statement
+        statement = check_sql(sql, con=cur)  # parsed on this cursor: no default in-memory database
+        check_read_only(cur, statement)
+        with self._checked_lock:
+            self._checked[sql] = statement
+            while len(self._checked) > CHECKED_QUERIES:
+                self._checked.popitem(last=False)
+        return statement
 
     async def __call__(self, request: Request) -> Response:
         if request.method == "GET":
@@ -185,10 +211,9 @@ class QueryEndpoint:
         def work() -> Any:
             cur = self.store.cursor()
             try:
-                statement = check_sql(sql, con=cur)  # parsed on this cursor: no default in-memory database
+                statement = self._statement(cur, sql)
                 cur.execute("BEGIN TRANSACTION")
                 try:
-                    check_read_only(cur, statement)
                     return fn(cur, statement)
                 finally:
                     try:
