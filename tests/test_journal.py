@@ -356,3 +356,33 @@ def test_a_trickle_of_writes_does_not_keep_a_burst_from_its_checkpoint(tmp_path:
             i += 1
             time.sleep(0.1)
         assert i < 30  # within about the deadline, not after the trickle ends
+
+
+def test_kill9_with_retried_spans_and_records_keeps_their_copies(tmp_path: Path) -> None:
+    """Copies of spans and records (a client's retries) go through the journal's replay like every row: after a
+    kill -9 before any checkpoint, the copies kept are those the logs hold, and the views show each once."""
+    db = tmp_path / "copies.duckdb"
+    _kill9_once_ready(
+        f"""
+        store = Store({str(db)!r})
+        for i in range(12):  # every job sent twice over: spans 0..2 of tag i % 4, record fb(i % 5)
+            store.append({{"span_log": span_table(3, f"{{i % 4:04x}}"), "feedback_log": feedback_table([f"fb{{i % 5}}"])}})
+        twice = __import__("pyarrow").concat_tables([span_table(2, "dd"), span_table(2, "dd")])
+        store.append({{"span_log": twice}})  # twice in one request
+        assert store.flush(30_000)
+        assert store.writer.stats.checkpoints == 0, "the test needs DuckDB not to have checkpointed"
+        """,
+    )
+    with Store(db) as store:
+        assert count(store) == 40 and count(store, "feedback_log") == 12
+        assert store.query("SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM spans").rows == [(14, 14)]
+        assert store.query("SELECT count(*) FROM feedback").rows == [(5,)]
+        rebuilt = (
+            "SELECT trace_id, span_id, received_at FROM span_log WHERE (trace_id, span_id) IN "
+            "(SELECT trace_id, span_id FROM span_log GROUP BY ALL HAVING count(*) > 1) ORDER BY ALL"
+        )
+        kept = "SELECT trace_id, span_id, received_at FROM span_copies ORDER BY ALL"
+        assert store.query(kept).rows == store.query(rebuilt).rows and len(store.query(kept).rows) == 40
+        assert store.query("SELECT count(*) FROM feedback_copies").rows == [(12,)]
+        ties = "SELECT count(*) FROM (SELECT trace_id, span_id, received_at FROM span_log GROUP BY ALL HAVING count(*) > 1)"
+        assert store.query(ties).rows == [(0,)]
