@@ -89,7 +89,7 @@ def _decoder_note(settings: Settings) -> str:
     if not COMPILED_DECODER:
         return "Python (the compiled decoder was not built: no C compiler at install? decoding is about 4x slower, ingest about half as fast)"
     if not COMPILED_FILTER:
-        return "compiled; the span filter in Python (_seen was not built: opening a file takes ~2 s per million spans more)"
+        return "compiled; the span filter in Python (_seen was not built: opening a file takes ~4 s per million spans more)"
     if not settings.compiled_decoder:
         return "Python (OTEL_FEEDBACK_COMPILED_DECODER=false)"
     return "compiled"

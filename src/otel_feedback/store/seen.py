@@ -30,7 +30,7 @@ import pyarrow as pa
 
 try:
     from .. import _seen
-except ImportError:  # built without a C compiler: the same filter in Python, ~40x slower
+except ImportError:  # built without a C compiler: the same filter in Python, ~100x slower (4 us a key)
     _seen = None
 
 COMPILED = _seen is not None
