@@ -87,7 +87,12 @@ def _decoder_note(settings: Settings) -> str:
     from .store.seen import COMPILED as COMPILED_FILTER
 
     if not COMPILED_DECODER:
-        return "Python (the compiled decoder was not built: no C compiler at install? decoding is about 4x slower, ingest about half as fast)"
+        filter_too = (
+            ""
+            if COMPILED_FILTER
+            else "; the span filter in Python too: opening a file takes ~4 s per million spans more"
+        )
+        return f"Python (the compiled decoder was not built: no C compiler at install? decoding is about 4x slower, ingest about half as fast{filter_too})"
     if not COMPILED_FILTER:
         return "compiled; the span filter in Python (_seen was not built: opening a file takes ~4 s per million spans more)"
     if not settings.compiled_decoder:
