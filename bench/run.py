@@ -443,7 +443,9 @@ def _sdk_sender(cfg: SenderConfig, ready: Any, go: Any, out: Any) -> None:
         for span, ti, parent_id in batch:
             ctx = span._context
             assert ctx is not None
-            tid = trace_ids.get(ti) or trace_ids.setdefault(ti, id_rng.getrandbits(128) or 1)
+            if ti not in trace_ids:
+                trace_ids[ti] = id_rng.getrandbits(128) or 1
+            tid = trace_ids[ti]
             span._context = SpanContext(tid, ctx.span_id, False, flags)
             span._parent = SpanContext(tid, parent_id, False, flags) if parent_id else None
         spans = [s for s, _, _ in batch]

@@ -76,6 +76,10 @@ def _span(con: duckdb.DuckDBPyConnection, trace: str, span: str, parent: str | N
     )
 
 
+NS_AFTER_RECEIVED = "epoch_ns(received_at) - epoch_ns(TIMESTAMP_NS '2026-11-01 10:00:02')"
+"""How many ns after the received_at that _span gives a row's received_at is."""
+
+
 def _record(con: duckdb.DuckDBPyConnection, seq: int, fid: str, trace: str | None, span: str | None,
             key: str | None = None, value: str | None = None) -> None:  # fmt: skip
     con.execute(
@@ -163,10 +167,7 @@ def test_a_version_6_file_gets_the_copies_of_what_it_holds_twice(tmp_path: Path)
         con.close()
     with Store(path) as store:
         assert store.query("SELECT max(version) FROM _migrations").rows == [(SCHEMA_VERSION,)]
-        copies = store.query(
-            "SELECT trace_id, span_id, epoch_ns(received_at) - epoch_ns(TIMESTAMP_NS '2026-11-01 10:00:02') "
-            "FROM span_copies ORDER BY ALL"
-        ).rows
+        copies = store.query(f"SELECT trace_id, span_id, {NS_AFTER_RECEIVED} FROM span_copies ORDER BY ALL").rows
         assert copies == [("t1", "r1", 0), ("t1", "r1", 1), ("t2", "r2", 0), ("t2", "r2", 1_000_000_000)]
         assert store.query("SELECT service_name FROM span_log WHERE span_id = 'r1' ORDER BY received_at").rows == [
             ("first",),
@@ -196,7 +197,4 @@ def test_a_version_6_file_gets_the_copies_of_what_it_holds_twice(tmp_path: Path)
         assert store.query("SELECT count(*) FROM span_copies WHERE span_id = 'r1'").rows == [(3,)]
         assert store.query("SELECT service_name FROM spans WHERE span_id = 'r1'").rows == [("first",)]
         # the same received_at as the first copy: moved on past both earlier copies
-        assert store.query(
-            "SELECT epoch_ns(received_at) - epoch_ns(TIMESTAMP_NS '2026-11-01 10:00:02') FROM span_log "
-            "WHERE service_name = 'third'"
-        ).rows == [(2,)]
+        assert store.query(f"SELECT {NS_AFTER_RECEIVED} FROM span_log WHERE service_name = 'third'").rows == [(2,)]

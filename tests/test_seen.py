@@ -66,3 +66,25 @@ def test_bad_input_is_refused() -> None:
         s.add(pa.array([1, 2], pa.int64()))
     with pytest.raises(ValueError, match="uint64"):
         s.add(pa.array([1, None], pa.uint64()))
+
+
+@pytest.mark.parametrize(
+    ("decoder", "filter_", "expected"),
+    [
+        (True, True, "compiled"),
+        (True, False, "compiled; the span filter in Python"),
+        (False, False, "Python (the compiled decoder was not built"),
+    ],
+)
+def test_serve_says_when_the_filter_runs_in_python(
+    monkeypatch: pytest.MonkeyPatch, decoder: bool, filter_: bool, expected: str
+) -> None:
+    from otel_feedback import decode
+    from otel_feedback.cli import _decoder_note
+    from otel_feedback.config import Settings
+
+    monkeypatch.setattr(decode, "COMPILED_DECODER", decoder)
+    monkeypatch.setattr(seen, "COMPILED", filter_)
+    note = _decoder_note(Settings())
+    assert note.startswith(expected)
+    assert ("span filter in Python" in note) is not filter_

@@ -86,18 +86,14 @@ def _decoder_note(settings: Settings) -> str:
     from .decode import COMPILED_DECODER
     from .store.seen import COMPILED as COMPILED_FILTER
 
+    slow_filter = (
+        "" if COMPILED_FILTER else "; the span filter in Python: opening a file takes ~4 s per million spans more"
+    )
     if not COMPILED_DECODER:
-        filter_too = (
-            ""
-            if COMPILED_FILTER
-            else "; the span filter in Python too: opening a file takes ~4 s per million spans more"
-        )
-        return f"Python (the compiled decoder was not built: no C compiler at install? decoding is about 4x slower, ingest about half as fast{filter_too})"
-    if not COMPILED_FILTER:
-        return "compiled; the span filter in Python (_seen was not built: opening a file takes ~4 s per million spans more)"
+        return f"Python (the compiled decoder was not built: no C compiler at install? decoding is about 4x slower, ingest about half as fast){slow_filter}"
     if not settings.compiled_decoder:
-        return "Python (OTEL_FEEDBACK_COMPILED_DECODER=false)"
-    return "compiled"
+        return f"Python (OTEL_FEEDBACK_COMPILED_DECODER=false){slow_filter}"
+    return f"compiled{slow_filter}"
 
 
 def _ack_note(settings: Settings) -> str:

@@ -69,7 +69,10 @@ _ENTRIES = (
 )
 """A record's entries: the same SELECT fills ``feedback_entries`` in migration 0006 (:mod:`.schema`)."""
 _BY_SPAN_ID = "f.trace_id IS NULL AND f.span_id IS NOT NULL"
-_SPAN_KEY = "trace_id, span_id"
+_SPAN_HASH = "hash(trace_id, span_id)"
+"""A span's key hash, for its filter (:class:`.seen.Seen`): at open over ``span_log``, then over each batch."""
+_FEEDBACK_LEAST = 1 << 16
+"""The feedback ids' first filter: 64 k keys (192 KB); feedback comes in far smaller numbers than spans."""
 _CANDIDATES = "__otel_feedback_candidates"
 _NS = pa.timestamp("ns")
 
@@ -89,7 +92,7 @@ class Known:
         self._lock = threading.Lock()
         self.spans = spans if spans is not None else Seen()
         """The (trace_id, span_id) of every span stored (a superset: :mod:`.seen`)."""
-        self.feedback = feedback if feedback is not None else Seen(least=1 << 16)
+        self.feedback = feedback if feedback is not None else Seen(least=_FEEDBACK_LEAST)
         """The feedback_id of every record stored (likewise)."""
         self.writing = threading.Lock()
         """Held by :func:`.writer.insert` through each transaction: the writers of an instance look for earlier
@@ -98,10 +101,11 @@ class Known:
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection) -> Known:
         rows = con.execute("SELECT EXISTS (FROM feedback_log f WHERE " + _BY_SPAN_ID + ")").fetchall()
-        feedback = Seen(int(con.execute("SELECT count(*) FROM feedback_log").fetchall()[0][0]), least=1 << 16)
-        for batch in con.sql("SELECT feedback_id FROM feedback_log").to_arrow_reader(65_536):
-            feedback.add(feedback_hashes(batch.column(0)))
-        known = cls(bool(rows[0][0]), spans=Seen.load(con, "span_log", _SPAN_KEY), feedback=feedback)
+        known = cls(
+            bool(rows[0][0]),
+            spans=Seen.load(con, "span_log", _SPAN_HASH),
+            feedback=Seen.load(con, "feedback_log", "feedback_id", hashes=feedback_hashes, least=_FEEDBACK_LEAST),
+        )
         for key, value in con.execute(
             "SELECT DISTINCT target_key, target_value FROM feedback_log WHERE target_key IS NOT NULL"
         ).fetchall():
@@ -206,34 +210,27 @@ def copies(
 ) -> dict[str, pa.Table]:
     """The rows to add to ``span_copies`` and ``feedback_copies`` for this transaction's rows (``inserted``: table
     -> registered view name and Arrow table, as :func:`statements` takes them), by table name; only those with
-    rows. A span batch whose copies of one span share a ``received_at`` with another copy is changed in place
-    (``inserted["span_log"]``, registered again): the later ones move on 1 ns each. Run under ``known.writing``,
-    before the transaction: it reads the logs as the transaction will find them."""
+    rows. When copies of one span in the batch share a ``received_at`` with another copy, the later ones move on
+    1 ns each: the batch's ``span_log`` rows come back too, changed, to append instead. Run under
+    ``known.writing``, before the transaction: it reads the logs as the transaction will find them."""
     out: dict[str, pa.Table] = {}
     if "span_log" in inserted:
         view, table = inserted["span_log"]
-        found = _candidates(con, view, _SPAN_KEY, known.spans)
+        found = known.spans.add(con.sql(f"SELECT {_SPAN_HASH} FROM {view}").to_arrow_table().column(0))
         if found:
-            rows, table = _span_copies(con, table, found)
-            if table is not inserted["span_log"][1]:
-                con.register(view, table)
-                inserted["span_log"] = (view, table)
+            rows, moved = _span_copies(con, table, found)
+            if moved is not table:
+                out["span_log"] = moved
             if rows.num_rows:
                 out["span_copies"] = rows
     if "feedback_log" in inserted:
-        view, table = inserted["feedback_log"]
+        _, table = inserted["feedback_log"]
         found = known.feedback.add(feedback_hashes(table.column("feedback_id")))
         if found:
             rows = _feedback_copies(con, table, found)
             if rows.num_rows:
                 out["feedback_copies"] = rows
     return out
-
-
-def _candidates(con: duckdb.DuckDBPyConnection, view: str, key: str, seen: Seen) -> list[int]:
-    """Positions of the rows of ``view`` whose key may have been stored before (or earlier in ``view``)."""
-    hashes = con.sql(f"SELECT hash({key}) FROM {view}").to_arrow_table().column(0)
-    return seen.add(hashes)
 
 
 def feedback_hashes(ids: pa.Array | pa.ChunkedArray) -> pa.Array:

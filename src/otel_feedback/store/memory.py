@@ -100,7 +100,6 @@ class MemoryGovernor:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self.target = target
         self.limit = limit
-        self._target_bytes = parse_size(target)
         self._limit_bytes = parse_size(limit)
         self.keep_bytes = keep_bytes
         self.can_escalate = can_escalate
@@ -248,8 +247,7 @@ class MemoryGovernor:
         deadline = time.monotonic() + WRITE_WAIT_S
         while True:
             held = self._held(con)
-            current = self._limit_bytes if self._raised else self._target_bytes
-            if current - held >= need or not self._readers:
+            if self._current_bytes() - held >= need or not self._readers:
                 return nullcontext()
             if self.can_escalate and self._limit_bytes - held >= need:
                 return self.escalated(write=True)
@@ -267,10 +265,13 @@ class MemoryGovernor:
         :data:`WRITE_ROOM_BYTES` beside what DuckDB holds. A checkpoint that runs out of memory ("failed to pin
         block") invalidates the whole database until it is opened again (seen in the test suite, at a 2 MB limit
         set by hand); at the default 128 MB target one never needs the limit."""
-        current = self._limit_bytes if self._raised else parse_size(self.target)
-        if not self.can_escalate or current - self._held(con) >= WRITE_ROOM_BYTES:
+        if not self.can_escalate or self._current_bytes() - self._held(con) >= WRITE_ROOM_BYTES:
             return nullcontext()
         return self.escalated(write=True)
+
+    def _current_bytes(self) -> int:
+        """DuckDB's limit now: the whole limit while raised, else the target (as :meth:`lower` and trims set it)."""
+        return self._limit_bytes if self._raised else parse_size(self.target)
 
     @staticmethod
     def _held(con: duckdb.DuckDBPyConnection) -> int:

@@ -429,7 +429,7 @@ ann AS (SELECT * FROM w_annotations), patches AS (
     GROUP BY trace_id
 ), expected AS (
     SELECT t.trace_id, arg_max(f.expected, f.feedback_time) AS expected
-    FROM w_feedback f JOIN w_targets t USING (feedback_id)
+    FROM w_feedback f JOIN w_targets t ON t.seq = f.seq
     WHERE f.expected IS NOT NULL GROUP BY t.trace_id
 )
 SELECT t.trace_id, t.start_time, t.service_name, t.model, t.root_name, io.input, io.output,

@@ -742,6 +742,16 @@ def _insert(
     statements = ["BEGIN TRANSACTION"]
     registered: list[tuple[str, int]] = []
     inserted: dict[str, tuple[str, pa.Table]] = {}
+
+    def stage(name: str, table: pa.Table) -> None:
+        """``table`` registered as the rows this transaction appends to ``name`` (again: in place of the last)."""
+        view = f"__otel_feedback_{name}"
+        con.register(view, table)
+        if name not in inserted:
+            registered.append((view, table.get_total_buffer_size()))
+            statements.append(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
+        inserted[name] = (view, table)
+
     try:
         for name in TABLE_ORDER:
             parts = [j[name] for j in jobs if name in j]
@@ -751,17 +761,11 @@ def _insert(
             if name == "feedback_log" and "seq" not in table.column_names:
                 table = _with_seq(table, next_seq)
                 next_seq += table.num_rows
-            view = f"__otel_feedback_{name}"
-            con.register(view, table)
-            registered.append((view, table.get_total_buffer_size()))
-            statements.append(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
-            inserted[name] = (view, table)
-        # the tables kept beside the logs (store/maintained.py), in the same transaction
-        for name, rows in maintained.copies(con, inserted, known).items():
-            view = f"__otel_feedback_{name}"
-            con.register(view, rows)
-            registered.append((view, rows.get_total_buffer_size()))
-            statements.append(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
+            stage(name, table)
+        # the tables kept beside the logs (store/maintained.py), in the same transaction: the copies (and the
+        # span rows again if copies of one span had to move apart), then the statements
+        for name, table in maintained.copies(con, inserted, known).items():
+            stage(name, table)
         statements.extend(maintained.statements(inserted.get("span_log"), inserted.get("feedback_log"), known))
         if lsn is not None:
             statements.append(f"UPDATE _journal SET applied_lsn = {int(lsn)}")
