@@ -48,7 +48,12 @@ class Client:
         return {int(line) for line in lines}
 
     def finish(self, timeout: float) -> dict:
-        out, _ = self.proc.communicate(timeout=timeout)
+        # Read through the text wrapper, not communicate(): that reads the pipe's fd directly, and the READY
+        # readline may already have buffered the summary of a client that finished before it was read (a client
+        # "printed no summary (exit 0)" once on a busy machine). The client prints two short lines: no pipe fills.
+        self.proc.wait(timeout=timeout)
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
         lines = [line for line in out.splitlines() if line.startswith("{")]
         assert lines, f"client {self.client} printed no summary (exit {self.proc.returncode}):\n{out}"
         summary = json.loads(lines[-1])
