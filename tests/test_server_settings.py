@@ -82,3 +82,28 @@ def test_a_query_out_of_memory_names_the_setting_to_raise(tmp_path: Path) -> Non
         assert ok["rows"] == [[1]]
     finally:
         srv.stop()
+
+
+def test_duckdb_threads_leave_a_core_to_the_receivers_by_default(tmp_path: Path) -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert Settings.load(env={}).threads == 0
+    assert Settings.load(env={}).duckdb_threads() == max(1, cores - 1)
+    assert Settings.load(env={"OTEL_FEEDBACK_THREADS": "3"}).duckdb_threads() == 3
+    srv = make_server(tmp_path / "d.duckdb")
+    try:
+        assert sql(srv, "SELECT current_setting('threads') AS t")[0]["t"] == max(1, cores - 1)
+    finally:
+        srv.stop()
+    srv = make_server(tmp_path / "e.duckdb", threads=2)
+    try:
+        assert sql(srv, "SELECT current_setting('threads') AS t")[0]["t"] == 2
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("bad", ["many", "-1", "1.5"])
+def test_a_bad_thread_count_is_refused_naming_the_variable(bad: str) -> None:
+    with pytest.raises(ConfigError, match="OTEL_FEEDBACK_THREADS"):
+        Settings.load(env={"OTEL_FEEDBACK_THREADS": bad})

@@ -82,6 +82,15 @@ def cli() -> None:
     """Users' feedback and evaluators' scores next to your OpenTelemetry traces, in one DuckDB file."""
 
 
+def _duckdb_note(settings: Settings) -> str:
+    threads = settings.duckdb_threads()
+    how = "OTEL_FEEDBACK_THREADS" if settings.threads else "one fewer than the cores; OTEL_FEEDBACK_THREADS"
+    return (
+        f"{threads} thread{'s' if threads != 1 else ''} ({how}), memory {settings.memory_target} "
+        f"(up to {settings.memory_limit} for what needs more)"
+    )
+
+
 def _decoder_note(settings: Settings) -> str:
     from .decode import COMPILED_DECODER
     from .store.seen import COMPILED as COMPILED_FILTER
@@ -300,6 +309,7 @@ def serve(
         f"  OTLP/HTTP, feedback, query   {server.http_url}\n"
         f"  trace decoder                {_decoder_note(settings)}\n"
         f"  acknowledged                 {_ack_note(settings)}\n"
+        f"  DuckDB                       {_duckdb_note(settings)}\n"
         "Ctrl-C to stop.",
     )
     sys.stdout.flush()

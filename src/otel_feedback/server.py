@@ -162,6 +162,7 @@ class Server:
                     checkpoint_threshold=s.checkpoint_threshold,
                     memory_target=s.memory_target,
                     idle_cache=s.idle_cache,
+                    threads=s.duckdb_threads(),
                 )
             except ConfigError as exc:  # the store's only one: the memory target
                 raise ConfigError(f"OTEL_FEEDBACK_MEMORY_TARGET: {exc}") from None

@@ -59,6 +59,15 @@ LLM-app spans, 32 MB checkpoints: 48 k -> 150 k rows/s, 21 -> 7 us of CPU a row,
 ~20 % larger: 216 -> 255-264 bytes a span in the benchmark). ``otel-feedback compact`` rewrites the file with
 DuckDB's default groups."""
 
+NO_VACUUM = 0
+"""DuckDB's ``max_vacuum_tasks`` for a file held read-write: no row-group merges at checkpoints. A checkpoint
+merges adjacent row groups that together hold fewer rows than they could (checkpoints every ~16 k rows leave
+partly filled groups behind, as transactions end where they end), re-reading and compressing up to three of them
+again: in the server, one checkpoint in 2-5 took 250-600 ms instead of 60-90 and allocated 40-130 MB more while
+it ran (the highest peaks of RSS under ingest). otel-feedback only appends, so there are no deleted rows for a
+merge to reclaim: the partly filled groups stay as written (the file is no larger: 272 bytes a span in the
+benchmark either way) until ``otel-feedback compact`` rewrites it."""
+
 DEFAULT_CHECKPOINT = Settings.checkpoint_threshold
 """How much the writer appends between its checkpoints where none is given (as ``serve``: about one row group)."""
 
@@ -122,8 +131,9 @@ def _attach(path: str, wal: bool) -> _Instance:
     applied): the writer checkpoints instead."""
     stem = Path(path).name.split(".")[0]
     catalog = stem if stem.lower() not in _RESERVED_CATALOGS else "otel_feedback"
-    # spills go next to the file, as they do for duckdb.connect(path) (an in-memory root's default is ./.tmp)
-    root = duckdb.connect(":memory:", config={"temp_directory": f"{path}.tmp"})
+    # spills go next to the file, as they do for duckdb.connect(path) (an in-memory root's default is ./.tmp);
+    # no row-group merges at checkpoints (see NO_VACUUM)
+    root = duckdb.connect(":memory:", config={"temp_directory": f"{path}.tmp", "max_vacuum_tasks": NO_VACUUM})
     try:
         quoted = path.replace("'", "''")
         options = f"ROW_GROUP_SIZE {ROW_GROUP_ROWS}" + ("" if wal else ", RECOVERY_MODE no_wal_writes")
@@ -245,6 +255,7 @@ class Store:
         journal: bool = True,
         memory_target: str | None = None,
         idle_cache: str | None = None,
+        threads: int | None = None,
     ) -> None:
         """``lockdown`` (for a server answering others' SQL) turns off all file and network access from SQL, for
         this process's whole database instance (DuckDB refuses to turn it back on while the database is open).
@@ -254,7 +265,8 @@ class Store:
         journal (``<path>.journal``) instead of after their DuckDB commit; see :mod:`.journal`.
         ``memory_target`` and ``idle_cache`` (sizes, with ``memory_limit``; read-write file databases only) let a
         :class:`~.memory.MemoryGovernor` run DuckDB within the target, with the limit for what needs more, and
-        its cache of the file trimmed to ``idle_cache`` while no query runs."""
+        its cache of the file trimmed to ``idle_cache`` while no query runs. ``threads`` sets DuckDB's ``threads``
+        for the whole instance (read-write opens only; default: DuckDB's, one per core)."""
         from .._version import __version__
 
         self.path = str(path)
@@ -280,6 +292,8 @@ class Store:
                 for setting, value in (("memory_limit", memory_limit), ("checkpoint_threshold", checkpoint_threshold)):
                     if value and not (self.memory is not None and setting == "memory_limit"):  # the governor's stands
                         self._con.execute(f"SET {setting} = '{value}'")
+                if threads:
+                    self._con.execute(f"SET threads = {int(threads)}")
                 migrate(self._con, self.path, __version__)
                 for _name, ddl in VIEWS:
                     self._con.execute(ddl)
