@@ -126,6 +126,29 @@ def test_no_trim_while_a_query_runs_and_one_right_after(tmp_path: Path) -> None:
         assert memory(s, "BASE_TABLE") <= MARGIN_BYTES
 
 
+def test_the_blocks_a_checkpoint_wrote_are_handed_back_right_after_it(tmp_path: Path) -> None:
+    """Not up to a second later with the periodic trim (turned off here): at once, unless a query runs."""
+    with open_store(tmp_path / "c.duckdb", "0MB") as s:
+        assert s.memory is not None and s.writer is not None
+        s.memory.interval_s = 3600.0  # no periodic trims: what follows is the checkpoint's own
+        ingest(s, 1, tag="a")
+        s.flush()
+        wait_for(lambda: s.memory.trims > 0, "the first trim")
+        trims, checkpoints = s.memory.trims, s.writer.stats.checkpoints
+        ingest(s, 4, tag="b")  # ~40 MB of rows: checkpointed every 4MB
+        s.flush()
+        wait_for(lambda: s.writer.stats.checkpoints > checkpoints, "a checkpoint")
+        wait_for(lambda: memory(s, "BASE_TABLE") <= MARGIN_BYTES, "the checkpoints' blocks handed back")
+        assert s.memory.trims > trims
+        with s.reading():  # a query runs: the checkpoints leave the cache alone
+            trims, checkpoints = s.memory.trims, s.writer.stats.checkpoints
+            ingest(s, 4, tag="c")
+            s.flush()
+            wait_for(lambda: s.writer.stats.checkpoints > checkpoints + 1, "checkpoints during the query")
+            assert s.memory.trims == trims
+            assert memory(s, "BASE_TABLE") > 10 * MB
+
+
 def test_a_query_starting_during_a_trim_waits_for_the_full_limit(tmp_path: Path) -> None:
     """Queries that load blocks, each trimmed away right after: every query sees the whole limit, however its
     start falls against the writer's trims."""

@@ -552,6 +552,8 @@ class Writer:
         self._unsaved_bytes = 0
         self.stats.checkpoints += 1
         self.stats.checkpoint_seconds += time.perf_counter() - started
+        if self._memory is not None:
+            self._memory.checkpointed(self._con)
         self._saved(lsn)
         return True
 
