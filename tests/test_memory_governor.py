@@ -435,3 +435,23 @@ def test_a_checkpoint_short_of_memory_runs_within_the_limit(tmp_path: Path, capl
     with Store(path) as again:
         assert again.query("SELECT count(*) FROM span_log").rows == [(10_000,)]
     assert "not in the database yet" not in caplog.text
+
+
+def test_duckdb_has_its_query_threads_while_any_query_runs(tmp_path: Path) -> None:
+    with open_store(tmp_path / "t.duckdb", "16MB") as s:
+        assert s.memory is not None
+        s.memory.use_threads(3)
+        assert setting(s, "threads") == "2"  # the writer alone
+        with s.reading():
+            assert setting(s, "threads") == "3"
+            with s.reading():  # a second query; the first ends before it
+                pass
+            assert setting(s, "threads") == "3"
+            ingest(s, 1)  # the writer works meanwhile
+        assert setting(s, "threads") == "2"
+        s.memory.use_threads(1)
+        with s.reading():
+            assert setting(s, "threads") == "1"
+        assert setting(s, "threads") == "1"
+        with pytest.raises(ValueError, match="queries must be >= 1"):
+            s.memory.use_threads(0)

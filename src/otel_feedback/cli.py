@@ -84,10 +84,9 @@ def cli() -> None:
 
 def _duckdb_note(settings: Settings) -> str:
     threads = settings.duckdb_threads()
-    how = "OTEL_FEEDBACK_THREADS" if settings.threads else "one fewer than the cores; OTEL_FEEDBACK_THREADS"
     return (
-        f"{threads} thread{'s' if threads != 1 else ''} ({how}), memory {settings.memory_target} "
-        f"(up to {settings.memory_limit} for what needs more)"
+        f"{threads} thread{'s' if threads != 1 else ''} for queries, {max(1, threads - 1)} for ingest alone "
+        f"(OTEL_FEEDBACK_THREADS); memory {settings.memory_target}, up to {settings.memory_limit} for what needs more"
     )
 
 

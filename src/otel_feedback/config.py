@@ -104,13 +104,11 @@ one DuckDB row group (16,384 rows) of LLM-app spans, so a checkpoint rarely rewr
 benchmark against 32MB: 10 MB less memory at the median, 7 % less CPU per span)."""
 
 OTEL_FEEDBACK_THREADS = "OTEL_FEEDBACK_THREADS"
-"""Threads DuckDB works with in ``serve`` (its ``threads``: queries, inserts, checkpoints). Default ``0``: one fewer
-than the cores this process may run on, at least one. The receivers' own work (gRPC, decoding, the journal) takes
-about a core under full ingest, and DuckDB's default of one thread per core made them contend: on 2 cores, one
-DuckDB thread took ingest from 47-57 k to 59-65 k spans/s and server CPU per span down 15-20 %, and a query's
-hash tables are built once instead of once per thread (``worst_traces`` over 1 M spans holds ~70 MB instead of
-~95), for queries ~1.5x slower (``worst_traces`` 0.27-0.32 -> 0.42-0.47 s at 1 M spans). Raise it for faster
-queries where ingest is light."""
+"""Threads DuckDB works with in ``serve`` while a query runs (its ``threads``); while none runs, one fewer (at
+least one), so that ingest leaves a core to the receivers (gRPC, decoding, the journal take about a core under
+full ingest, and DuckDB's threads contended with them: on 2 cores, ingest 47-57 k -> 58-64 k spans/s and server
+CPU per span 15-20 % lower; one thread for queries too made ``worst_traces`` ~1.5x slower). Default ``0``: the
+cores this process may run on."""
 
 OTEL_FEEDBACK_COMPILED_DECODER = "OTEL_FEEDBACK_COMPILED_DECODER"
 """``false`` decodes OTLP traces in Python even where the compiled decoder is built (for comparison: decoding is
@@ -266,14 +264,13 @@ class Settings:
                 raise ConfigError(f"OTEL_FEEDBACK_{name.upper()} must be at least 16MB, got {value!r}")
 
     def duckdb_threads(self) -> int:
-        """``threads``, or where it is 0 one fewer than the cores this process may run on (at least 1)."""
+        """DuckDB's threads while a query runs: ``threads``, or where it is 0 the cores this process may run on."""
         if self.threads:
             return self.threads
         try:
-            cores = len(os.sched_getaffinity(0))
+            return max(1, len(os.sched_getaffinity(0)))
         except (AttributeError, OSError):  # not Linux
-            cores = os.cpu_count() or 1
-        return max(1, cores - 1)
+            return os.cpu_count() or 1
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""

@@ -266,7 +266,8 @@ class Store:
         ``memory_target`` and ``idle_cache`` (sizes, with ``memory_limit``; read-write file databases only) let a
         :class:`~.memory.MemoryGovernor` run DuckDB within the target, with the limit for what needs more, and
         its cache of the file trimmed to ``idle_cache`` while no query runs. ``threads`` sets DuckDB's ``threads``
-        for the whole instance (read-write opens only; default: DuckDB's, one per core)."""
+        for the whole instance (read-write opens only; default: DuckDB's, one per core); where this Store governs
+        the instance's memory, that many while a query runs and one fewer otherwise (:meth:`.MemoryGovernor.use_threads`)."""
         from .._version import __version__
 
         self.path = str(path)
@@ -292,8 +293,6 @@ class Store:
                 for setting, value in (("memory_limit", memory_limit), ("checkpoint_threshold", checkpoint_threshold)):
                     if value and not (self.memory is not None and setting == "memory_limit"):  # the governor's stands
                         self._con.execute(f"SET {setting} = '{value}'")
-                if threads:
-                    self._con.execute(f"SET threads = {int(threads)}")
                 migrate(self._con, self.path, __version__)
                 for _name, ddl in VIEWS:
                     self._con.execute(ddl)
@@ -310,6 +309,11 @@ class Store:
                     assert self._instance is not None
                     self.memory = self._instance.memory = _governor(self._con, memory_limit, memory_target, idle_cache)
                 governs = governs and self.memory is not None
+                if threads and governs:
+                    assert self.memory is not None
+                    self.memory.use_threads(threads)
+                elif threads:
+                    self._con.execute(f"SET threads = {int(threads)}")
                 # The journal belongs to the first read-write Store of a file in this process. A second one shares
                 # its database but not its journal (two would replay and delete each other's records): it
                 # acknowledges after commit.

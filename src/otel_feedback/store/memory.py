@@ -23,6 +23,12 @@ whatever its input; the report's ``judge_agreement`` needs ~150 MB on a 144-span
   The writer also trims right after each of its checkpoints (:meth:`MemoryGovernor.checkpointed`), whose
   blocks ingest never reads again.
 
+DuckDB's threads follow the queries too (:meth:`MemoryGovernor.use_threads`): all of them while a query runs,
+one fewer while only the writer works, so that ingest leaves a core to the receivers (gRPC, decoding, the
+journal: about a core under full ingest), with which DuckDB's threads contended: on 2 cores, ingest 47-57 k ->
+58-64 k spans/s and server CPU per span 15-20 % lower, while queries keep both cores (a single thread made
+``worst_traces`` ~1.5x slower, 1.05 s under load in one run).
+
 Queries register while they run (:meth:`MemoryGovernor.reading`): a trim never runs under one (a query that
 starts during a trim waits for it: 29 ms for 477 MB; in the benchmark's server a trim took about 2-17 ms on
 average and at most 8-41 ms).
@@ -117,6 +123,7 @@ class MemoryGovernor:
         self._last_trim = 0.0
         self._last_read = 0.0  # when the last query ended
         self._hungry: OrderedDict[str, None] = OrderedDict()  # queries that needed more than the target
+        self._threads: tuple[int, int] | None = None  # (writer alone, while queries run), see use_threads
         self.wake: Callable[[], None] | None = None
         """Called when the last running query ends (a trim becomes due): the writer thread waits on it."""
         self.trims = 0
@@ -134,9 +141,11 @@ class MemoryGovernor:
 
     @contextmanager
     def reading(self) -> Iterator[None]:
-        """Around a query: no trim runs until it ends."""
+        """Around a query: no trim runs until it ends; DuckDB has its query threads meanwhile (:meth:`use_threads`)."""
         with self._lock:
             self._readers += 1
+            if self._readers == 1 and self._threads is not None:
+                self._set_threads(self._threads[1])
         try:
             yield
         finally:
@@ -145,8 +154,28 @@ class MemoryGovernor:
                 self._dirty = True
                 self._last_read = time.monotonic()
                 idle = self._readers == 0
+                if idle and self._threads is not None:
+                    self._set_threads(self._threads[0])
             if idle and self.wake is not None:
                 self.wake()
+
+    def use_threads(self, queries: int) -> None:
+        """DuckDB's ``threads``: ``queries`` while a query runs, one fewer (at least one) while none does."""
+        if queries < 1:
+            raise ValueError(f"queries must be >= 1, got {queries}")
+        with self._lock:
+            self._threads = (max(1, queries - 1), queries)
+            self._set_threads(self._threads[1] if self._readers else self._threads[0])
+
+    def _set_threads(self, n: int) -> None:
+        """Under ``_lock`` (the first query to start and the last to end set it, one at a time)."""
+        con = self._connect()
+        try:
+            con.execute(f"SET threads = {int(n)}")
+        except duckdb.Error as exc:  # never fail a query over it: DuckDB keeps the threads it has
+            _log.debug("otel-feedback: could not set DuckDB's threads to %d: %s", n, exc)
+        finally:
+            con.close()
 
     @property
     def readers(self) -> int:
