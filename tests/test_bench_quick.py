@@ -17,6 +17,8 @@ METRICS = {
     "ingest_sdk_spans_per_s",
     "ingest_sdk_export_p50_ms",
     "ingest_sdk_export_p99_ms",
+    "ingest_sdk_client_cpu_s_per_1000_spans",
+    "ingest_sdk_cores_at_50k",
     "feedback_patch_p50_ms",
     "feedback_patch_p99_ms",
     "feedback_batch_items_per_s",
