@@ -437,7 +437,7 @@ def test_a_checkpoint_short_of_memory_runs_within_the_limit(tmp_path: Path, capl
     assert "not in the database yet" not in caplog.text
 
 
-def test_duckdb_has_its_query_threads_while_any_query_runs(tmp_path: Path) -> None:
+def test_duckdb_has_its_query_threads_while_queries_run(tmp_path: Path) -> None:
     with open_store(tmp_path / "t.duckdb", "16MB") as s:
         assert s.memory is not None
         s.memory.use_threads(3)
@@ -447,8 +447,10 @@ def test_duckdb_has_its_query_threads_while_any_query_runs(tmp_path: Path) -> No
             with s.reading():  # a second query; the first ends before it
                 pass
             assert setting(s, "threads") == "3"
-            ingest(s, 1)  # the writer works meanwhile
-        assert setting(s, "threads") == "2"
+            ingest(s, 1)  # the writer works meanwhile, and keeps the query threads
+            assert setting(s, "threads") == "3"
+        # once no query has run for grace_s, the writer thread sets them back
+        wait_for(lambda: setting(s, "threads") == "2", "the writer's threads again")
         s.memory.use_threads(1)
         with s.reading():
             assert setting(s, "threads") == "1"

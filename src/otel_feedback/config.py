@@ -104,8 +104,8 @@ one DuckDB row group (16,384 rows) of LLM-app spans, so a checkpoint rarely rewr
 benchmark against 32MB: 10 MB less memory at the median, 7 % less CPU per span)."""
 
 OTEL_FEEDBACK_THREADS = "OTEL_FEEDBACK_THREADS"
-"""Threads DuckDB works with in ``serve`` while a query runs (its ``threads``); while none runs, one fewer (at
-least one), so that ingest leaves a core to the receivers (gRPC, decoding, the journal take about a core under
+"""Threads DuckDB works with in ``serve`` while queries run (its ``threads``); once none has run for a quarter of a
+second, one fewer (at least one), so that ingest leaves a core to the receivers (gRPC, decoding, the journal take about a core under
 full ingest, and DuckDB's threads contended with them: on 2 cores, ingest 47-57 k -> 58-64 k spans/s and server
 CPU per span 15-20 % lower; one thread for queries too made ``worst_traces`` ~1.5x slower). Default ``0``: the
 cores this process may run on."""

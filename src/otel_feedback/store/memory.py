@@ -124,6 +124,7 @@ class MemoryGovernor:
         self._last_read = 0.0  # when the last query ended
         self._hungry: OrderedDict[str, None] = OrderedDict()  # queries that needed more than the target
         self._threads: tuple[int, int] | None = None  # (writer alone, while queries run), see use_threads
+        self._threads_busy = False  # DuckDB has the query threads now
         self.wake: Callable[[], None] | None = None
         """Called when the last running query ends (a trim becomes due): the writer thread waits on it."""
         self.trims = 0
@@ -141,11 +142,12 @@ class MemoryGovernor:
 
     @contextmanager
     def reading(self) -> Iterator[None]:
-        """Around a query: no trim runs until it ends; DuckDB has its query threads meanwhile (:meth:`use_threads`)."""
+        """Around a query: no trim runs until it ends; DuckDB has its query threads from its start (:meth:`use_threads`)."""
         with self._lock:
             self._readers += 1
-            if self._readers == 1 and self._threads is not None:
+            if self._threads is not None and not self._threads_busy:
                 self._set_threads(self._threads[1])
+                self._threads_busy = True
         try:
             yield
         finally:
@@ -154,18 +156,31 @@ class MemoryGovernor:
                 self._dirty = True
                 self._last_read = time.monotonic()
                 idle = self._readers == 0
-                if idle and self._threads is not None:
-                    self._set_threads(self._threads[0])
             if idle and self.wake is not None:
                 self.wake()
 
     def use_threads(self, queries: int) -> None:
-        """DuckDB's ``threads``: ``queries`` while a query runs, one fewer (at least one) while none does."""
+        """DuckDB's ``threads``: ``queries`` from the moment a query starts, one fewer (at least one) once none has
+        run for ``grace_s`` (set back on the writer thread, by :meth:`maintain`: a ``SET threads`` takes ~0.35 ms,
+        which queries that follow each other closely then pay once)."""
         if queries < 1:
             raise ValueError(f"queries must be >= 1, got {queries}")
         with self._lock:
             self._threads = (max(1, queries - 1), queries)
-            self._set_threads(self._threads[1] if self._readers else self._threads[0])
+            self._threads_busy = bool(self._readers)
+            self._set_threads(self._threads[1] if self._threads_busy else self._threads[0])
+
+    def _threads_in(self) -> float | None:
+        """Seconds until DuckDB's threads should go back to the writer's (0: now); None when nothing is to do."""
+        if self._threads is None or not self._threads_busy or self._readers:
+            return None
+        return max(0.0, self._last_read + self.grace_s - time.monotonic())
+
+    def _quiet_threads(self) -> None:
+        with self._lock:
+            if self._threads is not None and self._threads_busy and not self._readers:
+                self._set_threads(self._threads[0])
+                self._threads_busy = False
 
     def _set_threads(self, n: int) -> None:
         """Under ``_lock`` (the first query to start and the last to end set it, one at a time)."""
@@ -331,7 +346,7 @@ class MemoryGovernor:
         """Seconds until the writer thread should call :meth:`maintain` (0: now); None while nothing is to do: no
         raised limit to lower, and nothing written or read since the last trim or a query running (the last
         query to end calls :attr:`wake`)."""
-        waits = [w for w in (self._lower_in(), self._trim_in()) if w is not None]
+        waits = [w for w in (self._lower_in(), self._trim_in(), self._threads_in()) if w is not None]
         return min(waits) if waits else None
 
     def _lower_in(self) -> float | None:
@@ -345,11 +360,14 @@ class MemoryGovernor:
         return max(0.0, max(self._last_trim + self.interval_s, self._last_read + self.grace_s) - time.monotonic())
 
     def maintain(self, con: duckdb.DuckDBPyConnection) -> None:
-        """On the writer thread, between transactions: lower a raised limit, trim the cache, whichever is due."""
+        """On the writer thread, between transactions: lower a raised limit, trim the cache, give DuckDB's threads
+        back to the writer's count, whichever is due."""
         if self._lower_in() == 0.0:
             self.lower()
         if self._trim_in() == 0.0:
             self.trim(con)
+        if self._threads_in() == 0.0:
+            self._quiet_threads()
 
     def trim(self, con: duckdb.DuckDBPyConnection) -> int:
         """Evict cached blocks beyond ``keep_bytes`` (and :data:`MARGIN_BYTES`) unless a query is running; the
