@@ -105,10 +105,10 @@ benchmark against 32MB: 10 MB less memory at the median, 7 % less CPU per span).
 
 OTEL_FEEDBACK_THREADS = "OTEL_FEEDBACK_THREADS"
 """Threads DuckDB works with in ``serve`` while queries run (its ``threads``); once none has run for a quarter of a
-second, one fewer (at least one), so that ingest leaves a core to the receivers (gRPC, decoding, the journal take about a core under
-full ingest, and DuckDB's threads contended with them: on 2 cores, ingest 47-57 k -> 58-64 k spans/s and server
-CPU per span 15-20 % lower; one thread for queries too made ``worst_traces`` ~1.5x slower). Default ``0``: the
-cores this process may run on."""
+second, one fewer (at least one), so that ingest leaves a core to the receivers (gRPC, decoding and the journal take
+about a core under full ingest, and DuckDB's threads contended with them: on 2 cores, one DuckDB thread ingested
+15-25 % more at ~15 % less CPU per span in ``bench/memory.py``; one thread for queries too made them ~1.5x slower).
+Default ``0``: the cores this process may run on."""
 
 OTEL_FEEDBACK_COMPILED_DECODER = "OTEL_FEEDBACK_COMPILED_DECODER"
 """``false`` decodes OTLP traces in Python even where the compiled decoder is built (for comparison: decoding is

@@ -61,9 +61,8 @@ DuckDB's default groups."""
 
 NO_VACUUM = 0
 """DuckDB's ``max_vacuum_tasks`` for a file held read-write: no row-group merges at checkpoints. A checkpoint
-merges adjacent row groups that together hold fewer rows than they could (checkpoints every ~16 k rows leave
-partly filled groups behind, as transactions end where they end), re-reading and compressing up to three of them
-again: in the server, one checkpoint in 2-5 took 250-600 ms instead of 60-90 and allocated 40-130 MB more while
+merges adjacent row groups that together hold fewer rows than they could (under ingest such groups appear however
+the checkpoints fall: ``tests/test_row_groups.py``), re-reading and compressing up to three of them again: in the server, one checkpoint in 2-5 took 250-600 ms instead of 60-90 and allocated 40-130 MB more while
 it ran (the highest peaks of RSS under ingest). otel-feedback only appends, so there are no deleted rows for a
 merge to reclaim: the partly filled groups stay as written (the file is no larger: 272 bytes a span in the
 benchmark either way) until ``otel-feedback compact`` rewrites it."""

@@ -23,11 +23,12 @@ whatever its input; the report's ``judge_agreement`` needs ~150 MB on a 144-span
   The writer also trims right after each of its checkpoints (:meth:`MemoryGovernor.checkpointed`), whose
   blocks ingest never reads again.
 
-DuckDB's threads follow the queries too (:meth:`MemoryGovernor.use_threads`): all of them while a query runs,
-one fewer while only the writer works, so that ingest leaves a core to the receivers (gRPC, decoding, the
-journal: about a core under full ingest), with which DuckDB's threads contended: on 2 cores, ingest 47-57 k ->
-58-64 k spans/s and server CPU per span 15-20 % lower, while queries keep both cores (a single thread made
-``worst_traces`` ~1.5x slower, 1.05 s under load in one run).
+DuckDB's threads follow the queries too (:meth:`MemoryGovernor.use_threads`): all of them from the moment a query
+starts, one fewer once none has run for ``grace_s`` (the writer sets them back), so that ingest leaves a core to
+the receivers (gRPC, decoding, the journal: about a core under full ingest), with which DuckDB's threads contended:
+on 2 cores, ``bench/memory.py`` ingested 62.7-68.7 k spans/s at 0.0185-0.0190 s of CPU per 1,000 with one thread
+against 51.9-53.7 k at 0.0219-0.0227 with two, while queries keep both cores (one thread for them too made
+``worst_traces`` ~1.5x slower, 1.05 s under load in one full run).
 
 Queries register while they run (:meth:`MemoryGovernor.reading`): a trim never runs under one (a query that
 starts during a trim waits for it: 29 ms for 477 MB; in the benchmark's server a trim took about 2-17 ms on
@@ -183,7 +184,7 @@ class MemoryGovernor:
                 self._threads_busy = False
 
     def _set_threads(self, n: int) -> None:
-        """Under ``_lock`` (the first query to start and the last to end set it, one at a time)."""
+        """Under ``_lock``: the first query to start sets the query threads, the writer the fewer ones."""
         con = self._connect()
         try:
             con.execute(f"SET threads = {int(n)}")
