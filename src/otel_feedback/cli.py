@@ -94,14 +94,15 @@ def _decoder_note(settings: Settings) -> str:
     from .decode import COMPILED_DECODER
     from .store.seen import COMPILED as COMPILED_FILTER
 
-    slow_filter = (
-        "" if COMPILED_FILTER else "; the span filter in Python: opening a file takes ~4 s per million spans more"
-    )
     if not COMPILED_DECODER:
-        return f"Python (the compiled decoder was not built: no C compiler at install? decoding is about 4x slower, ingest about half as fast){slow_filter}"
-    if not settings.compiled_decoder:
-        return f"Python (OTEL_FEEDBACK_COMPILED_DECODER=false){slow_filter}"
-    return f"compiled{slow_filter}"
+        note = "Python (the compiled decoder was not built: no C compiler at install? decoding is about 4x slower, ingest about half as fast)"
+    elif not settings.compiled_decoder:
+        note = "Python (OTEL_FEEDBACK_COMPILED_DECODER=false)"
+    else:
+        note = "compiled"
+    if not COMPILED_FILTER:
+        note += "; the span filter in Python: opening a file takes ~4 s per million spans more"
+    return note
 
 
 def _ack_note(settings: Settings) -> str:

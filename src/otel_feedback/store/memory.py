@@ -122,6 +122,7 @@ class MemoryGovernor:
         self._raised = False  # DuckDB's limit is ``limit`` (an escalation raised it; only the writer lowers it)
         self._lower_at = 0.0  # when the writer may try to lower it again
         self._last_trim = 0.0
+        self._trim_now = False  # a checkpoint wrote blocks: trim without waiting for the interval (checkpointed)
         self._last_read = 0.0  # when the last query ended
         self._hungry: OrderedDict[str, None] = OrderedDict()  # queries that needed more than the target
         self._threads: tuple[int, int] | None = None  # (writer alone, while queries run), see use_threads
@@ -332,16 +333,15 @@ class MemoryGovernor:
         """The writer committed something (a checkpoint may have added blocks to the cache)."""
         self._dirty = True
 
-    def checkpointed(self, con: duckdb.DuckDBPyConnection) -> None:
-        """After the writer's checkpoint, on its thread: the blocks the checkpoint just wrote, which ingest never
-        reads, go at once (a trim, unless a query runs or ended less than ``grace_s`` ago), not up to a second
-        later. Under sustained ingest the writer checkpoints 3-4 times a second, ~24 MB each (``bench/memory.py``,
-        two pairs of runs: VmRSS p99 288-292 -> 276-283 MB, VmHWM 298-308 -> 279-288; 0.5 s of trims in 20 s
-        instead of 0.1-0.2)."""
+    def checkpointed(self) -> None:
+        """After the writer's checkpoint: the blocks it just wrote, which ingest never reads, are due to go at once
+        (:meth:`maintain`, right after on the writer thread, once no query runs and ``grace_s`` has passed since the
+        last), not at the next once-a-second trim. Under sustained ingest the writer checkpoints 3-4 times a second,
+        ~24 MB each (``bench/memory.py``, two pairs of runs: VmRSS p99 292/288 -> 283/276 MB, VmHWM 298/308 ->
+        288/279; 0.5 s of trims in 20 s instead of 0.1-0.2)."""
         with self._lock:
-            if self._readers or time.monotonic() < self._last_read + self.grace_s:
-                return
-        self.trim(con)
+            self._dirty = True
+            self._trim_now = True
 
     def due_in(self) -> float | None:
         """Seconds until the writer thread should call :meth:`maintain` (0: now); None while nothing is to do: no
@@ -358,7 +358,8 @@ class MemoryGovernor:
     def _trim_in(self) -> float | None:
         if not self._dirty or self._readers:
             return None
-        return max(0.0, max(self._last_trim + self.interval_s, self._last_read + self.grace_s) - time.monotonic())
+        interval_ends = 0.0 if self._trim_now else self._last_trim + self.interval_s
+        return max(0.0, max(interval_ends, self._last_read + self.grace_s) - time.monotonic())
 
     def maintain(self, con: duckdb.DuckDBPyConnection) -> None:
         """On the writer thread, between transactions: lower a raised limit, trim the cache, give DuckDB's threads
@@ -378,6 +379,7 @@ class MemoryGovernor:
             if self._readers:
                 return 0  # the last one to end marks the next trim due
             self._dirty = False
+            self._trim_now = False
             self._last_trim = started = time.monotonic()
             cached, other = con.execute(
                 "SELECT coalesce(sum(memory_usage_bytes) FILTER (tag = ?), 0), "

@@ -553,7 +553,7 @@ class Writer:
         self.stats.checkpoints += 1
         self.stats.checkpoint_seconds += time.perf_counter() - started
         if self._memory is not None:
-            self._memory.checkpointed(self._con)
+            self._memory.checkpointed()
         self._saved(lsn)
         return True
 
