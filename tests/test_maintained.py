@@ -57,16 +57,29 @@ def test_a_span_batch_that_can_resolve_nothing_costs_no_statement() -> None:
     # once records name span ids or the session, each has its statement
     known = Known(span_ids=True)
     known.values["session.id"].add("s")
-    assert _tables(statements(spans, None, known)) == ["trace_roots", "feedback_span_targets", "feedback_trace_targets"]
+    assert _tables(statements(spans, None, known)) == [
+        "trace_roots",
+        "feedback_span_targets",
+        "feedback_root_targets",  # the roots, to the stored links of their traces
+        "feedback_root_targets",  # the links the session makes, to the roots
+        "feedback_trace_targets",
+    ]
     known = Known()
     known.values["session.id"].add("other")
     assert _tables(statements(children, None, known)) == []
     # a span with feedback keys of its own is kept apart
     own = ("v", _spans((T1, C1, R1, {"user_feedback": "positive"})))
     assert _tables(statements(own, None, Known())) == ["span_feedback_keys"]
-    # a record naming a trace needs only its entries kept: the view joins it to trace_roots
+    # a record naming a trace: its entries, and its trace's roots linked; from then on roots arriving look for
+    # such records (spans without roots still cost nothing)
     trace = ("f", _feedback({"trace_id": T1, "attributes": {"x": 1}}))
-    assert _tables(statements(None, trace, Known())) == ["feedback_entries"]
+    known = Known()
+    assert _tables(statements(None, trace, known)) == ["feedback_entries", "feedback_root_targets"]
+    assert _tables(statements(spans, None, known)) == ["trace_roots", "feedback_root_targets"]
+    assert statements(children, None, known) == []
+    # a record naming a trace and a span needs only its entries
+    span = ("f", _feedback({"trace_id": T1, "span_id": C1, "attributes": {"x": 1}}))
+    assert _tables(statements(None, span, Known())) == ["feedback_entries"]
 
 
 def test_every_writer_of_a_file_sees_what_the_others_wrote(tmp_path: Path) -> None:
@@ -105,6 +118,12 @@ REBUILT = {
     "feedback_span_targets": "SELECT DISTINCT f.seq, f.feedback_id, s.trace_id, s.span_id FROM feedback_log f "
     "JOIN span_log s ON s.span_id = f.span_id WHERE f.trace_id IS NULL AND f.span_id IS NOT NULL",
 }
+REBUILT["feedback_root_targets"] = (
+    "SELECT DISTINCT x.seq, x.feedback_id, s.trace_id, s.span_id FROM ("
+    "SELECT seq, feedback_id, trace_id FROM feedback_log WHERE trace_id IS NOT NULL AND span_id IS NULL UNION ALL "
+    + REBUILT["feedback_trace_targets"].replace("SELECT DISTINCT", "SELECT", 1)
+    + ") x JOIN span_log s ON s.trace_id = x.trace_id WHERE s.parent_span_id IS NULL"
+)
 REBUILT["span_copies"] = (
     "SELECT trace_id, span_id, received_at, status_code, annotation_carrier FROM span_log WHERE (trace_id, span_id) IN "
     "(SELECT trace_id, span_id FROM span_log GROUP BY ALL HAVING count(*) > 1)"
@@ -122,6 +141,7 @@ KEPT = {
     "feedback_entries": "SELECT seq, key, value::VARCHAR FROM feedback_entries",
     "feedback_trace_targets": "SELECT DISTINCT seq, feedback_id, trace_id FROM feedback_trace_targets",
     "feedback_span_targets": "SELECT DISTINCT seq, feedback_id, trace_id, span_id FROM feedback_span_targets",
+    "feedback_root_targets": "SELECT DISTINCT seq, feedback_id, trace_id, span_id FROM feedback_root_targets",
 }
 
 

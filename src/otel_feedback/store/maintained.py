@@ -31,9 +31,16 @@ lookup in ``spans`` paid for three such scans whether or not any such feedback e
 - ``feedback_span_targets`` (seq, feedback_id, trace_id, span_id): a record naming a span id alone, linked to each
   span with that id, likewise from either side.
 
-A trace id alone needs no search: the view joins such records to ``trace_roots`` (as it joins the attribute links),
-a join of small tables. Resolving it here instead cost a search of ``span_log``'s roots per apply (~25 ms at
-2.6 M spans, 100-160 ms in a server during 500 PATCHes a second; PATCH p99 3 -> 4-9 ms).
+**The root spans that feedback names by trace** (``feedback_root_targets``: seq, feedback_id, trace_id, span_id):
+a record naming a trace id alone, or linked to traces by an attribute value, lands on each root span of those
+traces, linked here from either side: when the record (or the link) is made, to the roots in ``trace_roots``
+(this transaction's included), and when a root arrives, to the records naming its trace and the links to it. Until
+session 12 the ``feedback_targets`` view joined such records to ``trace_roots`` on every read; DuckDB built its
+hash table on ``trace_roots`` (a filtered scan is always estimated at a row or so), so a point lookup in ``spans``
+scanned it whole whether or not its trace had such feedback: ~5 ms of CPU at 2.8 M spans (740 k roots), ~5 ms of
+a 27 ms lookup. A record naming a trace now costs its apply a search of ``trace_roots`` instead (a few ms at that
+size; session 9's search of ``span_log``'s roots cost ~25 ms), and a span batch with roots one join of its roots
+to the records naming traces, once the file has any.
 
 **Every copy of a key stored more than once** (``span_copies``: trace_id, span_id, received_at, and the copy's
 status_code and annotation_carrier, which ``traces`` counts spans by; ``feedback_copies``: feedback_id, seq). A client's retry stores a span or a record again; the views show the first copy (the earliest
@@ -44,8 +51,8 @@ those up in the log (:func:`copies`). Copies of a span with the same ``received_
 twice) are stored 1 ns apart, in the order they came, so that "earlier" is always decided by ``received_at``
 alone (migration 0007 did the same to the copies a file held).
 
-A pair can be found by both sides in one transaction (a record and its span arriving together), so rows may
-repeat; the view counts each (record, span) once. ``seq`` is the record's own row in ``feedback_log``: a client's
+A pair can be found by both sides in one transaction (a record and its span arriving together), so rows of the
+link tables may repeat; the view counts each (record, span) once. ``seq`` is the record's own row in ``feedback_log``: a client's
 retry of a record (same feedback id) resolves again under its own seq, and the view keeps the targets of the first
 copy only, as it keeps that copy's attributes.
 """
@@ -63,6 +70,7 @@ from ..model import TARGET_KEYS
 from .seen import Seen
 
 _BY_ATTRIBUTE = "f.trace_id IS NULL AND f.span_id IS NULL"
+_BY_TRACE = "f.trace_id IS NOT NULL AND f.span_id IS NULL"
 _ENTRIES = (
     "SELECT seq, unnest(list_prepend({{'key': NULL::VARCHAR, 'value': NULL::JSON}}, "
     "map_entries(json_transform(attributes, '\"MAP(VARCHAR, JSON)\"'))), recursive := true) FROM {source}"
@@ -83,9 +91,13 @@ class Known:
     do; one per database instance, loaded at open, kept by :func:`statements` as feedback arrives (a transaction
     that then fails leaves it larger than the file: a statement more, never one less)."""
 
-    def __init__(self, span_ids: bool = False, spans: Seen | None = None, feedback: Seen | None = None) -> None:
+    def __init__(
+        self, span_ids: bool = False, spans: Seen | None = None, feedback: Seen | None = None, traces: bool = False
+    ) -> None:
         self.span_ids = span_ids
         """Whether any record names a span id alone."""
+        self.traces = traces
+        """Whether any record names a trace id alone."""
         self.values: dict[str, set[str]] = {key: set() for key in TARGET_KEYS}
         """The attribute values records name, by key."""
         self._arrays: dict[str, pa.Array] | None = None
@@ -100,11 +112,14 @@ class Known:
 
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection) -> Known:
-        rows = con.execute("SELECT EXISTS (FROM feedback_log f WHERE " + _BY_SPAN_ID + ")").fetchall()
+        rows = con.execute(
+            f"SELECT EXISTS (FROM feedback_log f WHERE {_BY_SPAN_ID}), EXISTS (FROM feedback_log f WHERE {_BY_TRACE})"
+        ).fetchall()
         known = cls(
             bool(rows[0][0]),
             spans=Seen.load(con, "span_log", _SPAN_HASH),
             feedback=Seen.load(con, "feedback_log", "feedback_id", hashes=feedback_hashes, least=_FEEDBACK_LEAST),
+            traces=bool(rows[0][1]),
         )
         for key, value in con.execute(
             "SELECT DISTINCT target_key, target_value FROM feedback_log WHERE target_key IS NOT NULL"
@@ -124,9 +139,10 @@ class Known:
                 return True
         return False
 
-    def saw(self, span_ids: bool, keys: pa.Array, values: pa.Array) -> None:
+    def saw(self, span_ids: bool, keys: pa.Array, values: pa.Array, traces: bool = False) -> None:
         with self._lock:
             self.span_ids = self.span_ids or span_ids
+            self.traces = self.traces or traces
             if keys.null_count == len(keys):
                 return
             for key, value in zip(keys.to_pylist(), values.to_pylist(), strict=True):
@@ -172,7 +188,8 @@ def statements(spans: tuple[str, pa.Table] | None, feedback: tuple[str, pa.Table
                 "INSERT INTO span_feedback_keys SELECT trace_id, span_id, parent_span_id, start_time, received_at, "
                 f"feedback_attributes\nFROM {span_view} WHERE feedback_attributes IS NOT NULL"
             )
-        if table.column("parent_span_id").null_count:
+        roots = table.column("parent_span_id").null_count > 0
+        if roots:
             out.append(
                 f"INSERT INTO trace_roots SELECT trace_id, span_id FROM {span_view} WHERE parent_span_id IS NULL"
             )
@@ -181,6 +198,14 @@ def statements(spans: tuple[str, pa.Table] | None, feedback: tuple[str, pa.Table
             out.append(
                 "INSERT INTO feedback_span_targets SELECT f.seq, f.feedback_id, v.trace_id, v.span_id\n"
                 f"FROM {span_view} v JOIN feedback_log f ON f.span_id = v.span_id WHERE {_BY_SPAN_ID}"
+            )
+        # roots arrive: the stored records naming their traces, and the traces' stored attribute links (links this
+        # transaction makes are joined to every root, these included, where they are made: below)
+        named = _root_sources(known.traces, any(known.values.values()))
+        if roots and named:
+            out.append(
+                "INSERT INTO feedback_root_targets SELECT x.seq, x.feedback_id, v.trace_id, v.span_id\n"
+                f"FROM {span_view} v JOIN ({named}) x ON x.trace_id = v.trace_id WHERE v.parent_span_id IS NULL"
             )
         # a span carrying a value that stored records name
         carried = known.named(table)
@@ -192,17 +217,41 @@ def statements(spans: tuple[str, pa.Table] | None, feedback: tuple[str, pa.Table
         trace_id, span_id, key = (table.column(c) for c in ("trace_id", "span_id", "target_key"))
         by_attribute = key.null_count < table.num_rows
         span_ids = bool(pc.any(pc.and_(pc.is_null(trace_id), pc.is_valid(span_id))).as_py())
+        traces = bool(pc.any(pc.and_(pc.is_valid(trace_id), pc.is_null(span_id))).as_py())
+        if traces:
+            # the record arrives: the stored roots of its trace (this transaction's included)
+            out.append(
+                "INSERT INTO feedback_root_targets SELECT f.seq, f.feedback_id, r.trace_id, r.span_id\n"
+                f"FROM {feedback_view} f JOIN trace_roots r ON r.trace_id = f.trace_id WHERE {_BY_TRACE}"
+            )
         if span_ids:
             # the record arrives: every stored span with the id (this transaction's spans included)
             out.append(
                 "INSERT INTO feedback_span_targets SELECT f.seq, f.feedback_id, s.trace_id, s.span_id\n"
                 f"FROM {feedback_view} f JOIN span_log s ON s.span_id = f.span_id WHERE {_BY_SPAN_ID}"
             )
-        known.saw(span_ids, key.combine_chunks(), table.column("target_value").combine_chunks())
+        known.saw(span_ids, key.combine_chunks(), table.column("target_value").combine_chunks(), traces)
     if by_attribute or carried:
         links = _attribute_links(span_view if carried else None, feedback_view if by_attribute else None)
+        # the links this transaction makes (before they are kept: the links SELECT leaves out those kept), each to
+        # the roots of its trace stored by now
+        out.append(
+            "INSERT INTO feedback_root_targets SELECT l.seq, l.feedback_id, r.trace_id, r.span_id\n"
+            f"FROM ({links}) l JOIN trace_roots r ON r.trace_id = l.trace_id"
+        )
         out.append(f"INSERT INTO feedback_trace_targets {links}")
     return out
+
+
+def _root_sources(traces: bool, values: bool) -> str | None:
+    """SELECT (seq, feedback_id, trace_id) of the stored records naming a trace and of the stored attribute links, as
+    far as the file has any (None: neither)."""
+    parts = []
+    if traces:
+        parts.append(f"SELECT f.seq, f.feedback_id, f.trace_id FROM feedback_log f WHERE {_BY_TRACE}")
+    if values:
+        parts.append("SELECT seq, feedback_id, trace_id FROM feedback_trace_targets")
+    return "\n    UNION ALL ".join(parts) if parts else None
 
 
 def copies(

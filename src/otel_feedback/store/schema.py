@@ -276,6 +276,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         ORDER BY seq;
         """,
     ),
+    Migration(
+        # The root spans that feedback names by trace id or by attribute value, linked by the writer as either side
+        # arrives (store/maintained.py), which the feedback_targets view of 0006-0007 found in trace_roots on every
+        # read; filled here from the records, the attribute links and the roots the file holds.
+        "0008_root_targets",
+        """
+        CREATE TABLE feedback_root_targets (
+            seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL
+        );
+        INSERT INTO feedback_root_targets
+        SELECT DISTINCT x.seq, x.feedback_id, r.trace_id, r.span_id FROM (
+            SELECT seq, feedback_id, trace_id FROM feedback_log WHERE trace_id IS NOT NULL AND span_id IS NULL
+            UNION ALL
+            SELECT seq, feedback_id, trace_id FROM feedback_trace_targets
+        ) x JOIN trace_roots r ON r.trace_id = x.trace_id
+        ORDER BY x.seq;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

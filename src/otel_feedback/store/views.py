@@ -45,22 +45,17 @@ WHERE e.trace_id IS NULL  -- a matched copy has a trace_id (the join compared it
 _TARGETS_BODY = """
 -- Each record's first copy (its seq: the rows joined by it read only the row groups of the seqs found, as the
 -- logs are in seq order) and the spans it names, each once (the writer may link a pair twice:
--- store/maintained.py). No branch searches span_log: the writer keeps what they join to.
+-- store/maintained.py). No branch searches span_log or the roots: the writer keeps what they join to.
 WITH f AS NOT MATERIALIZED (
     SELECT feedback_id, seq, trace_id, span_id FROM {feedback}
 )
 -- a span named by trace and span id
 SELECT feedback_id, trace_id, span_id, seq FROM f WHERE trace_id IS NOT NULL AND span_id IS NOT NULL
 UNION ALL
--- a trace: its root span(s); an attribute value: the root span(s) of every trace carrying it (linked by the
--- writer); one join to the roots for both
-SELECT DISTINCT n.feedback_id, r.trace_id, r.span_id, n.seq
-FROM (
-    SELECT feedback_id, seq, trace_id FROM f WHERE trace_id IS NOT NULL AND span_id IS NULL
-    UNION ALL
-    SELECT f.feedback_id, f.seq, t.trace_id FROM f JOIN feedback_trace_targets t ON t.seq = f.seq
-    WHERE f.trace_id IS NULL AND f.span_id IS NULL
-) n JOIN trace_roots r ON r.trace_id = n.trace_id
+-- a trace: its root span(s); an attribute value: the root span(s) of every trace carrying it (both linked by the
+-- writer)
+SELECT DISTINCT f.feedback_id, t.trace_id, t.span_id, f.seq
+FROM f JOIN feedback_root_targets t ON t.seq = f.seq
 UNION ALL
 -- a span id alone (Phoenix's span annotations): every span with it (linked by the writer)
 SELECT DISTINCT f.feedback_id, t.trace_id, t.span_id, f.seq
