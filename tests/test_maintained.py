@@ -70,13 +70,15 @@ def test_a_span_batch_that_can_resolve_nothing_costs_no_statement() -> None:
     # a span with feedback keys of its own is kept apart
     own = ("v", _spans((T1, C1, R1, {"user_feedback": "positive"})))
     assert _tables(statements(own, None, Known())) == ["span_feedback_keys"]
-    # a record naming a trace: its entries, and its trace's roots linked; from then on roots arriving look for
-    # such records (spans without roots still cost nothing)
+    # a record naming a trace: its entries, and its trace's roots linked; from then on roots of that trace arriving
+    # look for such records (roots of other traces, and spans without roots, still cost nothing more)
     trace = ("f", _feedback({"trace_id": T1, "attributes": {"x": 1}}))
     known = Known()
     assert _tables(statements(None, trace, known)) == ["feedback_entries", "feedback_root_targets"]
     assert _tables(statements(spans, None, known)) == ["trace_roots", "feedback_root_targets"]
     assert statements(children, None, known) == []
+    other = ("v", _spans((T2, R2, None, {}), (T2, C1, R2, {})))
+    assert _tables(statements(other, None, known)) == ["trace_roots"]
     # a record naming a trace and a span needs only its entries
     span = ("f", _feedback({"trace_id": T1, "span_id": C1, "attributes": {"x": 1}}))
     assert _tables(statements(None, span, Known())) == ["feedback_entries"]
@@ -217,3 +219,16 @@ SELECT s.trace_id, s.span_id, s.received_at FROM span_log s
 ANTI JOIN span_log e ON e.trace_id = s.trace_id AND e.span_id = s.span_id
     AND (e.received_at < s.received_at OR (e.received_at = s.received_at AND e.rowid < s.rowid))
 """
+
+
+def test_a_trace_named_before_a_restart_gets_its_root_after_it(tmp_path: Path) -> None:
+    """The filter of the trace ids that records name is built again at open: a root arriving after a restart still
+    finds the record that named its trace before it."""
+    path = tmp_path / "restart.duckdb"
+    with Store(path) as store:
+        store.append({"feedback_log": _feedback({"trace_id": T2, "id": "early", "attributes": {"x": 1}})})
+        store.append({"span_log": _spans((T1, R1, None, {}))})
+    with Store(path) as store:
+        store.append({"span_log": _spans((T2, R2, None, {}), (T2, C1, R2, {}))})
+        assert store.query(TARGETS).rows == [("early", T2, R2)]
+        assert store.query("SELECT count(*) FROM feedback_root_targets").rows == [(1,)]

@@ -42,6 +42,22 @@ def test_added_keys_are_found_and_new_ones_seldom(impl: str) -> None:
     assert len(s.add(fresh)) < 50
 
 
+def test_contains_finds_what_was_added_and_adds_nothing(impl: str) -> None:
+    rng = random.Random(11)
+    s = seen.Seen(least=1 << 12)
+    added = _hashes(rng, 10_000)  # two filters
+    s.add(added)
+    before = [bytes(f) for f in s._filters]
+    assert all(s.contains(added.slice(i, 1)) for i in range(0, 10_000, 97))
+    assert s.contains(pa.chunked_array([_hashes(rng, 5), added.slice(9_999)]))
+    fresh = [_hashes(rng, 1) for _ in range(2_000)]
+    assert sum(s.contains(h) for h in fresh) <= 2  # ~1e-5 each
+    assert not s.contains(pa.array([], pa.uint64()))
+    assert [bytes(f) for f in s._filters] == before  # nothing added
+    with pytest.raises(ValueError, match="uint64"):
+        s.contains(pa.array([1], pa.int64()))
+
+
 def test_the_compiled_and_python_filters_agree() -> None:
     if seen._seen is None:
         pytest.skip("the C extension is not built here")
@@ -58,6 +74,14 @@ def test_the_compiled_and_python_filters_agree() -> None:
         seen._seen = c
     assert answers[-1] == list(range(50))
     assert [bytes(f) for f in compiled._filters] == [bytes(f) for f in python._filters]
+    probes = [_hashes(rng, 1) for _ in range(300)] + [batches[2].slice(i, 1) for i in range(0, 3_000, 10)]
+    found = [compiled.contains(p) for p in probes]
+    try:
+        seen._seen = None
+        assert [python.contains(p) for p in probes] == found
+    finally:
+        seen._seen = c
+    assert sum(found) >= 300
 
 
 def test_bad_input_is_refused() -> None:

@@ -1,6 +1,7 @@
-/* Bloom filter insertion for store/seen.py: which of a batch's 64-bit key hashes may have been added before.
+/* Bloom filter insertion for store/seen.py: which of a batch's 64-bit key hashes may have been added before (and a
+ * lookup that adds nothing).
  *
- * The compiled twin of seen._add_python (same bit positions, same answer); see seen.py for the design.
+ * The compiled twin of seen._add_python and seen._contains_python (same bit positions, same answer); see seen.py for the design.
  * Positions: h1 = h, h2 = splitmix64(h) | 1, x_i = (h1 + i * h2) mod 2^64, bit_i = (x_i * nbits) >> 64 for i < k.
  */
 #define PY_SSIZE_T_CLEAN
@@ -73,18 +74,73 @@ done:
     return out;
 }
 
+/* contains(filters: list of bytes-like, k: int, hashes: uint64 buffer) -> bytes: byte i is 1 where hash i may have
+ * been added (all k of its bits set in some filter); nothing is added. */
+static PyObject *contains(PyObject *self, PyObject *args) {
+    PyObject *filters;
+    int k;
+    Py_buffer hashes;
+    if (!PyArg_ParseTuple(args, "O!iy*", &PyList_Type, &filters, &k, &hashes)) return NULL;
+    Py_ssize_t nf = PyList_GET_SIZE(filters);
+    PyObject *out = NULL;
+    Py_buffer views[MAX_FILTERS];
+    Py_ssize_t opened = 0;
+    if (nf < 1 || nf > MAX_FILTERS || k < 1 || k > 32 || hashes.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "contains: 1-64 filters, k in 1..32, hashes a whole number of uint64");
+        goto done;
+    }
+    for (; opened < nf; opened++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(filters, opened), &views[opened], PyBUF_SIMPLE) < 0) goto done;
+        if (views[opened].len < 8) {
+            opened++;
+            PyErr_SetString(PyExc_ValueError, "contains: each filter must be at least 8 bytes");
+            goto done;
+        }
+    }
+    Py_ssize_t n = hashes.len / 8;
+    out = PyBytes_FromStringAndSize(NULL, n);
+    if (out == NULL) goto done;
+    char *mask = PyBytes_AS_STRING(out);
+    const uint64_t *h = (const uint64_t *)hashes.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t h1 = h[i], h2 = splitmix64(h1) | 1;
+        int seen = 0;
+        for (Py_ssize_t f = 0; f < nf && !seen; f++) {
+            const uint8_t *bits = (const uint8_t *)views[f].buf;
+            uint64_t m = (uint64_t)views[f].len * 8;
+            int all = 1;
+            for (int j = 0; j < k && all; j++) {
+                uint64_t b = (uint64_t)(((unsigned __int128)(h1 + (uint64_t)j * h2) * m) >> 64);
+                all = (bits[b >> 3] >> (b & 7)) & 1;
+            }
+            seen = all;
+        }
+        mask[i] = (char)seen;
+    }
+    Py_END_ALLOW_THREADS
+done:
+    for (Py_ssize_t f = 0; f < opened; f++) PyBuffer_Release(&views[f]);
+    PyBuffer_Release(&hashes);
+    return out;
+}
+
 static PyMethodDef METHODS[] = {
     {"add", add, METH_VARARGS,
      "add(filters, k, hashes) -> bytes\n\n"
      "Add the uint64 hashes to the last Bloom filter; byte i of the answer is 1 where hash i may have been\n"
      "added before (to any filter, or earlier in this call)."},
+    {"contains", contains, METH_VARARGS,
+     "contains(filters, k, hashes) -> bytes\n\n"
+     "Byte i of the answer is 1 where the uint64 hash i may have been added to any of the Bloom filters; adds\n"
+     "nothing."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef MODULE = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_seen",
-    .m_doc = "Compiled Bloom filter insertion (otel_feedback.store.seen).",
+    .m_doc = "Compiled Bloom filter insertion and lookup (otel_feedback.store.seen).",
     .m_size = -1,
     .m_methods = METHODS,
 };

@@ -75,6 +75,19 @@ def _add_python(filters: list[bytearray], k: int, hashes: memoryview) -> bytes:
     return bytes(out)
 
 
+def _contains_python(filters: list[bytearray], k: int, hashes: memoryview) -> bytes:
+    """_seen.contains in Python (same positions, same answer)."""
+    out = bytearray(len(hashes))
+    for i, h1 in enumerate(hashes):
+        h2 = _splitmix64(h1) | 1
+        for bits in filters:
+            m = len(bits) * 8
+            if all((bits[b >> 3] >> (b & 7)) & 1 for b in ((((h1 + j * h2) & _M64) * m) >> 64 for j in range(k))):
+                out[i] = 1
+                break
+    return bytes(out)
+
+
 def _filter_for(keys: int) -> bytearray:
     """A zeroed filter for ``keys`` keys."""
     return bytearray(max(8, keys * BITS_PER_KEY // 8))
@@ -125,6 +138,25 @@ class Seen:
                     done += take
                 base += n
         return found
+
+    def contains(self, hashes: pa.Array | pa.ChunkedArray) -> bool:
+        """Whether any of ``hashes`` (uint64, no nulls) may have been added; adds nothing."""
+        chunks = hashes.chunks if isinstance(hashes, pa.ChunkedArray) else [hashes]
+        with self._lock:
+            for chunk in chunks:
+                n = len(chunk)
+                if not n:
+                    continue
+                if chunk.type != pa.uint64() or chunk.null_count:
+                    raise ValueError(f"Seen.contains: expected uint64 hashes without nulls, got {chunk.type}")
+                buf = memoryview(chunk.buffers()[1]).cast("B")[chunk.offset * 8 : (chunk.offset + n) * 8]
+                if _seen is not None:
+                    mask = _seen.contains(self._filters, HASHES, buf)
+                else:
+                    mask = _contains_python(self._filters, HASHES, buf.cast("Q"))
+                if 1 in mask:
+                    return True
+        return False
 
     @classmethod
     def load(
