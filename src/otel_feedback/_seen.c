@@ -17,9 +17,11 @@ static inline uint64_t splitmix64(uint64_t x) {
 
 #define MAX_FILTERS 64
 
-/* add(filters: list of bytearray (the last one takes the keys), k: int, hashes: uint64 buffer) -> bytes:
- * byte i is 1 where hash i was already in some filter (or earlier in this call): all k of its bits were set. */
-static PyObject *add(PyObject *self, PyObject *args) {
+/* probe(args, insert): the body of add (insert 1) and contains (insert 0).
+ * args: (filters: list of bytes-like, writable to insert; k: int; hashes: uint64 buffer) -> bytes: byte i is 1 where
+ * hash i was already in some filter (all k of its bits set; with insert, also where it came earlier in this call).
+ * With insert, each hash's bits are then set in the last filter. */
+static PyObject *probe(PyObject *args, int insert, const char *name) {
     PyObject *filters;
     int k;
     Py_buffer hashes;
@@ -29,71 +31,15 @@ static PyObject *add(PyObject *self, PyObject *args) {
     Py_buffer views[MAX_FILTERS];
     Py_ssize_t opened = 0;
     if (nf < 1 || nf > MAX_FILTERS || k < 1 || k > 32 || hashes.len % 8) {
-        PyErr_SetString(PyExc_ValueError, "add: 1-64 filters, k in 1..32, hashes a whole number of uint64");
+        PyErr_Format(PyExc_ValueError, "%s: 1-64 filters, k in 1..32, hashes a whole number of uint64", name);
         goto done;
     }
     for (; opened < nf; opened++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(filters, opened), &views[opened], PyBUF_WRITABLE) < 0) goto done;
+        int flags = insert ? PyBUF_WRITABLE : PyBUF_SIMPLE;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(filters, opened), &views[opened], flags) < 0) goto done;
         if (views[opened].len < 8) {
             opened++;
-            PyErr_SetString(PyExc_ValueError, "add: each filter must be at least 8 bytes");
-            goto done;
-        }
-    }
-    Py_ssize_t n = hashes.len / 8;
-    out = PyBytes_FromStringAndSize(NULL, n);
-    if (out == NULL) goto done;
-    char *mask = PyBytes_AS_STRING(out);
-    const uint64_t *h = (const uint64_t *)hashes.buf;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t h1 = h[i], h2 = splitmix64(h1) | 1;
-        int seen = 0;
-        for (Py_ssize_t f = 0; f < nf && !seen; f++) {
-            uint8_t *bits = (uint8_t *)views[f].buf;
-            uint64_t m = (uint64_t)views[f].len * 8;
-            int all = 1;
-            for (int j = 0; j < k && all; j++) {
-                uint64_t b = (uint64_t)(((unsigned __int128)(h1 + (uint64_t)j * h2) * m) >> 64);
-                all = (bits[b >> 3] >> (b & 7)) & 1;
-            }
-            seen = all;
-        }
-        uint8_t *bits = (uint8_t *)views[nf - 1].buf;
-        uint64_t m = (uint64_t)views[nf - 1].len * 8;
-        for (int j = 0; j < k; j++) {
-            uint64_t b = (uint64_t)(((unsigned __int128)(h1 + (uint64_t)j * h2) * m) >> 64);
-            bits[b >> 3] |= (uint8_t)(1u << (b & 7));
-        }
-        mask[i] = (char)seen;
-    }
-    Py_END_ALLOW_THREADS
-done:
-    for (Py_ssize_t f = 0; f < opened; f++) PyBuffer_Release(&views[f]);
-    PyBuffer_Release(&hashes);
-    return out;
-}
-
-/* contains(filters: list of bytes-like, k: int, hashes: uint64 buffer) -> bytes: byte i is 1 where hash i may have
- * been added (all k of its bits set in some filter); nothing is added. */
-static PyObject *contains(PyObject *self, PyObject *args) {
-    PyObject *filters;
-    int k;
-    Py_buffer hashes;
-    if (!PyArg_ParseTuple(args, "O!iy*", &PyList_Type, &filters, &k, &hashes)) return NULL;
-    Py_ssize_t nf = PyList_GET_SIZE(filters);
-    PyObject *out = NULL;
-    Py_buffer views[MAX_FILTERS];
-    Py_ssize_t opened = 0;
-    if (nf < 1 || nf > MAX_FILTERS || k < 1 || k > 32 || hashes.len % 8) {
-        PyErr_SetString(PyExc_ValueError, "contains: 1-64 filters, k in 1..32, hashes a whole number of uint64");
-        goto done;
-    }
-    for (; opened < nf; opened++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(filters, opened), &views[opened], PyBUF_SIMPLE) < 0) goto done;
-        if (views[opened].len < 8) {
-            opened++;
-            PyErr_SetString(PyExc_ValueError, "contains: each filter must be at least 8 bytes");
+            PyErr_Format(PyExc_ValueError, "%s: each filter must be at least 8 bytes", name);
             goto done;
         }
     }
@@ -116,6 +62,14 @@ static PyObject *contains(PyObject *self, PyObject *args) {
             }
             seen = all;
         }
+        if (insert) {
+            uint8_t *bits = (uint8_t *)views[nf - 1].buf;
+            uint64_t m = (uint64_t)views[nf - 1].len * 8;
+            for (int j = 0; j < k; j++) {
+                uint64_t b = (uint64_t)(((unsigned __int128)(h1 + (uint64_t)j * h2) * m) >> 64);
+                bits[b >> 3] |= (uint8_t)(1u << (b & 7));
+            }
+        }
         mask[i] = (char)seen;
     }
     Py_END_ALLOW_THREADS
@@ -124,6 +78,14 @@ done:
     PyBuffer_Release(&hashes);
     return out;
 }
+
+/* add(filters: list of bytearray (the last one takes the keys), k: int, hashes: uint64 buffer) -> bytes:
+ * byte i is 1 where hash i was already in some filter (or earlier in this call): all k of its bits were set. */
+static PyObject *add(PyObject *self, PyObject *args) { return probe(args, 1, "add"); }
+
+/* contains(filters: list of bytes-like, k: int, hashes: uint64 buffer) -> bytes: byte i is 1 where hash i may have
+ * been added (all k of its bits set in some filter); nothing is added. */
+static PyObject *contains(PyObject *self, PyObject *args) { return probe(args, 0, "contains"); }
 
 static PyMethodDef METHODS[] = {
     {"add", add, METH_VARARGS,

@@ -25,7 +25,7 @@ each probe is a cache miss: 5,000 keys take ~1 ms at 2.6 M spans, and loading th
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
@@ -88,6 +88,17 @@ def _contains_python(filters: list[bytearray], k: int, hashes: memoryview) -> by
     return bytes(out)
 
 
+def _uint64_buffers(hashes: pa.Array | pa.ChunkedArray, who: str) -> Iterator[tuple[int, memoryview]]:
+    """(length, bytes) of each non-empty chunk of ``hashes``; uint64 without nulls, else ValueError naming ``who``."""
+    for chunk in hashes.chunks if isinstance(hashes, pa.ChunkedArray) else [hashes]:
+        n = len(chunk)
+        if not n:
+            continue
+        if chunk.type != pa.uint64() or chunk.null_count:
+            raise ValueError(f"{who}: expected uint64 hashes without nulls, got {chunk.type}")
+        yield n, memoryview(chunk.buffers()[1]).cast("B")[chunk.offset * 8 : (chunk.offset + n) * 8]
+
+
 def _filter_for(keys: int) -> bytearray:
     """A zeroed filter for ``keys`` keys."""
     return bytearray(max(8, keys * BITS_PER_KEY // 8))
@@ -109,17 +120,10 @@ class Seen:
     def add(self, hashes: pa.Array | pa.ChunkedArray) -> list[int]:
         """Add ``hashes`` (uint64, no nulls) in order; the positions of those that may have been added before
         (earlier in ``hashes`` included)."""
-        chunks = hashes.chunks if isinstance(hashes, pa.ChunkedArray) else [hashes]
         found: list[int] = []
         base = 0
         with self._lock:
-            for chunk in chunks:
-                n = len(chunk)
-                if not n:
-                    continue
-                if chunk.type != pa.uint64() or chunk.null_count:
-                    raise ValueError(f"Seen.add: expected uint64 hashes without nulls, got {chunk.type}")
-                buf = memoryview(chunk.buffers()[1]).cast("B")[chunk.offset * 8 : (chunk.offset + n) * 8]
+            for n, buf in _uint64_buffers(hashes, "Seen.add"):
                 done = 0
                 while done < n:  # fill the last filter to its capacity, then start the next
                     if self._room <= 0:
@@ -141,15 +145,8 @@ class Seen:
 
     def contains(self, hashes: pa.Array | pa.ChunkedArray) -> bool:
         """Whether any of ``hashes`` (uint64, no nulls) may have been added; adds nothing."""
-        chunks = hashes.chunks if isinstance(hashes, pa.ChunkedArray) else [hashes]
         with self._lock:
-            for chunk in chunks:
-                n = len(chunk)
-                if not n:
-                    continue
-                if chunk.type != pa.uint64() or chunk.null_count:
-                    raise ValueError(f"Seen.contains: expected uint64 hashes without nulls, got {chunk.type}")
-                buf = memoryview(chunk.buffers()[1]).cast("B")[chunk.offset * 8 : (chunk.offset + n) * 8]
+            for _, buf in _uint64_buffers(hashes, "Seen.contains"):
                 if _seen is not None:
                     mask = _seen.contains(self._filters, HASHES, buf)
                 else:
