@@ -139,7 +139,8 @@ KEPT = {
     "feedback_copies": "SELECT feedback_id, seq FROM feedback_copies",
     "span_feedback_keys": "SELECT trace_id, span_id, parent_span_id, start_time, received_at, "
     "feedback_attributes::VARCHAR FROM span_feedback_keys",
-    "trace_roots": "SELECT trace_id, span_id FROM trace_roots",
+    # the key back to the id's text (an id kept as text has no key)
+    "trace_roots": "SELECT coalesce(trace_id, lpad(lower(hex(trace_key)), 32, '0')), span_id FROM trace_roots",
     "feedback_entries": "SELECT seq, key, value::VARCHAR FROM feedback_entries",
     "feedback_trace_targets": "SELECT DISTINCT seq, feedback_id, trace_id FROM feedback_trace_targets",
     "feedback_span_targets": "SELECT DISTINCT seq, feedback_id, trace_id, span_id FROM feedback_span_targets",
@@ -232,3 +233,22 @@ def test_a_trace_named_before_a_restart_gets_its_root_after_it(tmp_path: Path) -
         store.append({"span_log": _spans((T2, R2, None, {}), (T2, C1, R2, {}))})
         assert store.query(TARGETS).rows == [("early", T2, R2)]
         assert store.query("SELECT count(*) FROM feedback_root_targets").rows == [(1,)]
+
+
+def test_a_trace_id_kept_as_text_is_still_found(store: Store) -> None:
+    """trace_roots keys a trace by its id's 128 bits when the id is 32 lower-case hex digits (all OTLP sends); any
+    other id a client wrote is kept as text and found by it, and an id in another case is another trace, as in the
+    logs."""
+    odd = "A" * 32
+    spans = _spans((T1, R1, None, {"session.id": "s"}), (T2, R2, None, {"session.id": "s"}))
+    spans = spans.set_column(spans.schema.get_field_index("trace_id"), "trace_id", pa.array([odd, T2]))
+    store.append({"span_log": spans})
+    store.append({"feedback_log": _feedback({"target": {"attribute": "session.id", "value": "s"}, "id": "sess",
+                                             "attributes": {"x": 1}})})  # fmt: skip
+    store.append({"feedback_log": _feedback({"trace_id": "a" * 32, "id": "lower", "attributes": {"x": 2}})})
+    store.append({"feedback_log": _feedback({"trace_id": T2, "id": "t2", "attributes": {"x": 3}})})
+    assert store.query(TARGETS).rows == [("sess", T2, R2), ("sess", odd, R1), ("t2", T2, R2)]
+    assert store.query("SELECT trace_key IS NULL, trace_id FROM trace_roots ORDER BY ALL").rows == [
+        (False, None),
+        (True, odd),
+    ]

@@ -13,9 +13,10 @@ read them here instead of looking for them among every span.
 span are computed from these; taking the JSON apart on every read was a quarter of ``feedback_by_hour``
 (54 ms of 233 at 51 k records).
 
-**The root spans** (``trace_roots``: trace_id, span_id): every stored copy of a span without a parent, a fifth of
-the spans in two narrow columns. Feedback that names a trace (or the traces carrying an attribute value) lands on
-their roots, found here.
+**The root spans** (``trace_roots``: trace_key, trace_id, span_id): every stored copy of a span without a parent, a
+fifth of the spans, keyed by the trace id's 128 bits (the id as text only where it is not 32 lower-case hex digits:
+:data:`.schema.TRACE_KEY`). Feedback that names a trace (or the traces carrying an attribute value) lands on their
+roots, found here.
 
 **What feedback names other than by trace id (and span id).** A feedback record names its target one of four
 ways: a trace and a span id (the span itself), a trace id alone (its root span or spans), a span id alone (every
@@ -72,6 +73,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..model import TARGET_KEYS
+from .schema import ROOT_COLUMNS, TRACE_KEY
 from .seen import Seen
 
 _BY_ATTRIBUTE = "f.trace_id IS NULL AND f.span_id IS NULL"
@@ -215,7 +217,7 @@ def statements(spans: tuple[str, pa.Table] | None, feedback: tuple[str, pa.Table
         roots = table.column("parent_span_id").null_count > 0
         if roots:
             out.append(
-                f"INSERT INTO trace_roots SELECT trace_id, span_id FROM {span_view} WHERE parent_span_id IS NULL"
+                f"INSERT INTO trace_roots BY NAME SELECT {ROOT_COLUMNS} FROM {span_view} WHERE parent_span_id IS NULL"
             )
         if known.span_ids:
             # a span arrives: the stored records naming its span id alone
@@ -245,8 +247,8 @@ def statements(spans: tuple[str, pa.Table] | None, feedback: tuple[str, pa.Table
         if len(traces):
             # the record arrives: the stored roots of its trace (this transaction's included)
             out.append(
-                "INSERT INTO feedback_root_targets SELECT f.seq, f.feedback_id, r.trace_id, r.span_id\n"
-                f"FROM {feedback_view} f JOIN trace_roots r ON r.trace_id = f.trace_id WHERE {_BY_TRACE}"
+                "INSERT INTO feedback_root_targets "
+                + _roots_of(f"SELECT f.seq, f.feedback_id, f.trace_id FROM {feedback_view} f WHERE {_BY_TRACE}")
             )
         if span_ids:
             # the record arrives: every stored span with the id (this transaction's spans included)
@@ -259,12 +261,21 @@ def statements(spans: tuple[str, pa.Table] | None, feedback: tuple[str, pa.Table
         links = _attribute_links(span_view if carried else None, feedback_view if by_attribute else None)
         # the links this transaction makes (before they are kept: the links SELECT leaves out those kept), each to
         # the roots of its trace stored by now
-        out.append(
-            "INSERT INTO feedback_root_targets SELECT l.seq, l.feedback_id, r.trace_id, r.span_id\n"
-            f"FROM ({links}) l JOIN trace_roots r ON r.trace_id = l.trace_id"
-        )
+        out.append(f"INSERT INTO feedback_root_targets {_roots_of(links)}")
         out.append(f"INSERT INTO feedback_trace_targets {links}")
     return out
+
+
+def _roots_of(named: str) -> str:
+    """SELECT (seq, feedback_id, trace_id, span_id) of the stored roots of the traces that ``named`` (a SELECT of
+    seq, feedback_id, trace_id) names: by the trace id's key, or by its text for an id ``trace_roots`` keeps as
+    text (:data:`.schema.TRACE_KEY`)."""
+    key = TRACE_KEY.format(id="x.trace_id")
+    return (
+        f"WITH x AS ({named})\n"
+        f"SELECT x.seq, x.feedback_id, x.trace_id, r.span_id FROM x JOIN trace_roots r ON r.trace_key = {key}\n"
+        "UNION ALL SELECT x.seq, x.feedback_id, x.trace_id, r.span_id FROM x JOIN trace_roots r ON r.trace_id = x.trace_id"
+    )
 
 
 def _root_sources(traces: bool, values: bool) -> str | None:
