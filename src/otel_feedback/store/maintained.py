@@ -39,11 +39,12 @@ traces, linked here from either side: when the record (or the link) is made, to 
 session 12 the ``feedback_targets`` view joined such records to ``trace_roots`` on every read; DuckDB built its
 hash table on ``trace_roots`` (a filtered scan is always estimated at a row or so), so a point lookup in ``spans``
 scanned it whole whether or not its trace had such feedback: ~5 ms of CPU at 2.8 M spans (740 k roots), ~5 ms of
-a 27 ms lookup. A record naming a trace now costs its apply a search of ``trace_roots`` instead (at that size, on
-DuckDB's one thread between queries: 5-7 ms with its blocks cached, ~12 ms after a cache trim, 10-17 ms for 600
-records; session 9's search of ``span_log``'s roots cost ~25 ms): a PATCH on a trace then read back is ~1.5 ms
-slower at the median than with the join at read time, and 1,000 PATCHes on traces one at a time have a p99 ~0.7 ms
-higher (2.6 -> 3.3 ms), where every read of ``spans`` or ``traces`` is faster. A span batch pays for the other side only when one
+a 27 ms lookup. A record naming a trace now costs its apply a search of ``trace_roots`` instead, by the trace id's
+key (at that size, on DuckDB's one thread between queries, after a cache trim: 2.5 ms for one record, 5 ms for 600;
+by the id's text it was 11-17 ms; session 9's search of ``span_log``'s roots cost ~25 ms). Through the server, a
+PATCH on a trace then read back takes as long as with the join at read time (p50 37.4-37.6 against 36.7-37.3 ms),
+and 1,000 PATCHes on traces one at a time have a p99 ~0.6 ms higher (3.0 -> 3.6 ms: the applies that carry them,
+~1 a second, run ~8 ms longer), where every read of ``spans`` or ``traces`` is faster. A span batch pays for the other side only when one
 of its roots may belong to a trace that records name (a Bloom filter of those trace ids, :attr:`Known.traces`:
 ~0.2 ms a batch) or once records name attribute values: one join of its roots to those records and links, ~2-4 ms
 of a ~35 ms apply of 5,000 spans at 2.8 M spans.
