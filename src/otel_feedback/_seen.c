@@ -1,7 +1,7 @@
 /* Bloom filter insertion for store/seen.py: which of a batch's 64-bit key hashes may have been added before (and a
  * lookup that adds nothing).
  *
- * The compiled twin of seen._add_python and seen._contains_python (same bit positions, same answer); see seen.py for the design.
+ * The compiled twin of seen._probe_python (same bit positions, same answer); see seen.py for the design.
  * Positions: h1 = h, h2 = splitmix64(h) | 1, x_i = (h1 + i * h2) mod 2^64, bit_i = (x_i * nbits) >> 64 for i < k.
  */
 #define PY_SSIZE_T_CLEAN

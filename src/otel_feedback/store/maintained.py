@@ -44,10 +44,11 @@ key (at that size, on DuckDB's one thread between queries, after a cache trim: 2
 by the id's text it was 11-17 ms; session 9's search of ``span_log``'s roots cost ~25 ms). Through the server, a
 PATCH on a trace then read back takes as long as with the join at read time (p50 37.4-37.6 against 36.7-37.3 ms),
 and 1,000 PATCHes on traces one at a time have a p99 ~0.6 ms higher (3.0 -> 3.6 ms: the applies that carry them,
-~1 a second, run ~8 ms longer), where every read of ``spans`` or ``traces`` is faster. A span batch pays for the other side only when one
-of its roots may belong to a trace that records name (a Bloom filter of those trace ids, :attr:`Known.traces`:
-~0.2 ms a batch) or once records name attribute values: one join of its roots to those records and links, ~2-4 ms
-of a ~35 ms apply of 5,000 spans at 2.8 M spans.
+~1 a second, run ~8 ms longer), where every read of ``spans`` or ``traces`` is faster. A span batch pays for the
+other side only when one of its roots may belong to a trace that records name (a Bloom filter of those trace ids,
+:attr:`Known.traces`: ~0.2 ms a batch, nothing while no record names a trace) or once records name attribute
+values: one join of its roots to those records and links, ~2-4 ms of a ~35 ms apply of 5,000 spans at 2.8 M
+spans.
 
 **Every copy of a key stored more than once** (``span_copies``: trace_id, span_id, received_at, and the copy's
 status_code and annotation_carrier, which ``traces`` counts spans by; ``feedback_copies``: feedback_id, seq). A client's retry stores a span or a record again; the views show the first copy (the earliest
@@ -160,9 +161,11 @@ class Known:
         """Whether the root spans of ``spans`` may belong to traces that records name by trace id (as the filter of
         those trace ids says), and whether any record names an attribute value (whose links to traces are made in
         SQL, so the roots' traces cannot be looked up here)."""
-        roots = pc.filter(spans.column("trace_id"), pc.is_null(spans.column("parent_span_id")))
         with self._lock:
             values = any(self.values.values())
+        if not self.traces.keys:  # no record names a trace: nothing to hash (the usual span batch)
+            return False, values
+        roots = pc.filter(spans.column("trace_id"), pc.is_null(spans.column("parent_span_id")))
         return bool(len(roots)) and self.traces.contains(trace_hashes(roots)), values
 
     def saw(self, span_ids: bool, keys: pa.Array, values: pa.Array, traces: pa.Array | None = None) -> None:

@@ -295,7 +295,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         # (trace_key; the text itself only for an id that is not 32 lower-case hex digits, which OTLP never sends),
         # a third of its blocks, and a search for one trace 2.5 ms instead of 11 after a cache trim (740 k roots).
         "0008_root_targets",
-        """
+        f"""
         CREATE TABLE feedback_root_targets (
             seq BIGINT NOT NULL, feedback_id VARCHAR NOT NULL, trace_id VARCHAR NOT NULL, span_id VARCHAR NOT NULL
         );
@@ -307,10 +307,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) x JOIN trace_roots r ON r.trace_id = x.trace_id
         ORDER BY x.seq;
         CREATE TABLE trace_roots_0008 (trace_key UHUGEINT, trace_id VARCHAR, span_id VARCHAR NOT NULL);
-        INSERT INTO trace_roots_0008 SELECT __ROOT_COLUMNS__ FROM trace_roots ORDER BY rowid;
+        INSERT INTO trace_roots_0008 SELECT {ROOT_COLUMNS} FROM trace_roots ORDER BY rowid;
         DROP TABLE trace_roots;
         ALTER TABLE trace_roots_0008 RENAME TO trace_roots;
-        """.replace("__ROOT_COLUMNS__", ROOT_COLUMNS),
+        """,
     ),
 )
 

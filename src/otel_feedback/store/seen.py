@@ -51,33 +51,11 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _add_python(filters: list[bytearray], k: int, hashes: memoryview) -> bytes:
-    """_seen.add in Python (same positions, same answer)."""
+def _probe_python(filters: list[bytearray], k: int, hashes: memoryview, insert: bool) -> bytes:
+    """_seen.add (``insert``) or _seen.contains in Python: the same positions, the same answer."""
     out = bytearray(len(hashes))
     last = filters[-1]
     last_bits = len(last) * 8
-    for i, h1 in enumerate(hashes):
-        h2 = _splitmix64(h1) | 1
-        seen = False
-        for bits in filters:
-            m = len(bits) * 8
-            for j in range(k):
-                b = (((h1 + j * h2) & _M64) * m) >> 64
-                if not (bits[b >> 3] >> (b & 7)) & 1:
-                    break
-            else:
-                seen = True
-                break
-        for j in range(k):
-            b = (((h1 + j * h2) & _M64) * last_bits) >> 64
-            last[b >> 3] |= 1 << (b & 7)
-        out[i] = seen
-    return bytes(out)
-
-
-def _contains_python(filters: list[bytearray], k: int, hashes: memoryview) -> bytes:
-    """_seen.contains in Python (same positions, same answer)."""
-    out = bytearray(len(hashes))
     for i, h1 in enumerate(hashes):
         h2 = _splitmix64(h1) | 1
         for bits in filters:
@@ -85,6 +63,10 @@ def _contains_python(filters: list[bytearray], k: int, hashes: memoryview) -> by
             if all((bits[b >> 3] >> (b & 7)) & 1 for b in ((((h1 + j * h2) & _M64) * m) >> 64 for j in range(k))):
                 out[i] = 1
                 break
+        if insert:
+            for j in range(k):
+                b = (((h1 + j * h2) & _M64) * last_bits) >> 64
+                last[b >> 3] |= 1 << (b & 7)
     return bytes(out)
 
 
@@ -111,6 +93,8 @@ class Seen:
         capacity = max(least, expected + expected // 4)
         self._filters = [_filter_for(capacity)]
         self._room = capacity  # keys the last filter takes before the next one starts
+        self.keys = 0
+        """Keys added so far (repeats counted): 0 for a filter nothing was added to."""
         self._lock = threading.Lock()
 
     @property
@@ -135,12 +119,13 @@ class Seen:
                     if _seen is not None:
                         mask = _seen.add(self._filters, HASHES, part)
                     else:
-                        mask = _add_python(self._filters, HASHES, part.cast("Q"))
+                        mask = _probe_python(self._filters, HASHES, part.cast("Q"), True)
                     self._room -= take
                     if 1 in mask:
                         found.extend(base + done + i for i, b in enumerate(mask) if b)
                     done += take
                 base += n
+                self.keys += n
         return found
 
     def contains(self, hashes: pa.Array | pa.ChunkedArray) -> bool:
@@ -150,7 +135,7 @@ class Seen:
                 if _seen is not None:
                     mask = _seen.contains(self._filters, HASHES, buf)
                 else:
-                    mask = _contains_python(self._filters, HASHES, buf.cast("Q"))
+                    mask = _probe_python(self._filters, HASHES, buf.cast("Q"), False)
                 if 1 in mask:
                     return True
         return False
