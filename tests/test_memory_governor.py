@@ -22,7 +22,7 @@ import pytest
 from otel_feedback.config import ConfigError, Settings, parse_size
 from otel_feedback.errors import QueryOutOfMemory
 from otel_feedback.store import Store
-from otel_feedback.store.memory import MARGIN_BYTES, MemoryGovernor
+from otel_feedback.store.memory import MARGIN_BYTES, SPARING_ROOM_BYTES, MemoryGovernor
 from tests.test_core_store import span_table
 
 WAIT_S = 30.0
@@ -457,3 +457,100 @@ def test_duckdb_has_its_query_threads_while_queries_run(tmp_path: Path) -> None:
         assert setting(s, "threads") == "1"
         with pytest.raises(ValueError, match="queries must be >= 1"):
             s.memory.use_threads(0)
+
+
+def long_ids(n: int, prefix: str) -> pa.Table:
+    """``n`` span rows whose trace ids are ~1 KB of incompressible text: a search of ``span_log``'s ids reads
+    ~0.5 KB a span (compressed), as a search of millions of real ids reads tens of MB."""
+    table = span_table(n, prefix)
+    ids = [prefix + os.urandom(500).hex() for _ in range(n)]
+    return table.set_column(table.schema.get_field_index("trace_id"), "trace_id", pa.array(ids, pa.string()))
+
+
+def cached(con: duckdb.DuckDBPyConnection) -> int:
+    sql = "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'BASE_TABLE'"
+    return int(con.execute(sql).fetchall()[0][0])
+
+
+def governed(path: Path, rows: int) -> tuple[duckdb.DuckDBPyConnection, MemoryGovernor]:
+    """A file of ``rows`` rows of ~1 KB of hex (~0.5 KB compressed), none of it cached; its governor (target
+    256MB, limit 1GB, keep nothing, no periodic trims)."""
+    con = duckdb.connect(str(path))
+    con.execute("SET memory_limit = '256MB'")
+    con.execute(
+        f"CREATE TABLE t AS SELECT i, concat_ws('', {', '.join(f'md5((i * 31 + {k})::VARCHAR)' for k in range(30))}) AS v FROM range({rows}) r(i)"
+    )
+    con.execute("CHECKPOINT")
+    gov = MemoryGovernor("256MB", "1GB", 0, con.cursor, interval_s=3600.0, grace_s=0.0)
+    gov.trim(con)
+    assert cached(con) <= MARGIN_BYTES
+    return con, gov
+
+
+def test_a_sparing_read_leaves_the_cache_as_it_found_it(tmp_path: Path) -> None:
+    """The same scan through :meth:`MemoryGovernor.sparing` and without: DuckDB keeps what the plain one read (up
+    to its target), and at most the sparing one's room of what the sparing one read."""
+    con, gov = governed(tmp_path / "spare.duckdb", 150_000)
+    try:
+        scan = "SELECT count(*) FROM t WHERE v > 'a'"
+        count = con.execute(scan).fetchall()
+        plain = cached(con)
+        gov.trim(con)
+        assert gov.sparing(con, lambda: con.execute(scan).fetchall()) == count and count[0][0] > 20_000
+        spared = cached(con)
+        assert plain > 2 * (SPARING_ROOM_BYTES + MARGIN_BYTES), plain
+        assert spared <= SPARING_ROOM_BYTES + MARGIN_BYTES, spared
+        assert (gov.spared_reads, gov.spared_reruns) == (1, 0)
+        assert str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]) == shown("256MB")
+    finally:
+        con.close()
+
+
+def test_a_query_during_a_sparing_read_gets_the_target_and_a_read_short_of_memory_runs_again(tmp_path: Path) -> None:
+    con, gov = governed(tmp_path / "race.duckdb", 1_000)
+    other = con.cursor()
+    try:
+
+        def limit(c: duckdb.DuckDBPyConnection) -> str:
+            return str(c.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+
+        def work() -> list[str]:
+            inside = limit(con)
+            with gov.reading():  # a query, on another cursor of the instance
+                query = limit(other)
+            return [inside, query, limit(con)]
+
+        inside, query, after = gov.sparing(con, work)
+        assert parse_size(inside.replace(" ", "").replace("iB", "B")) < 64 * MB, inside
+        assert query == after == shown("256MB")
+        # a read that needs more than the lowered limit (an 80 MB list) runs again within the target
+        assert gov.sparing(con, lambda: con.execute(BIG).fetchall()) == [(10_000_000,)]
+        assert (gov.spared_reads, gov.spared_reruns) == (2, 1)
+        assert limit(con) == shown("256MB")
+        with gov.reading():  # no lowering under a running query
+            assert gov.sparing(con, lambda: limit(con)) == shown("256MB")
+        assert gov.spared_reads == 2
+    finally:
+        other.close()
+        con.close()
+
+
+def test_the_search_for_copies_of_spans_is_a_sparing_read(tmp_path: Path) -> None:
+    """A batch repeating spans already stored (a client's retry): its search of ``span_log`` leaves DuckDB's
+    cache as small as it was, and the copies are found."""
+    with open_store(tmp_path / "copies.duckdb", "0MB") as s:
+        assert s.memory is not None
+        first = long_ids(60_000, "a")
+        s.append({"span_log": first}, timeout=WAIT_S)
+        s.call(lambda con: con.execute("CHECKPOINT"))
+        s.memory.grace_s = s.memory.interval_s = 0.01
+        trims = s.memory.trims
+        s.query("SELECT 1")  # a query's end makes a trim due
+        wait_for(lambda: s.memory.trims > trims, "a trim")
+        assert memory(s, "BASE_TABLE") <= MARGIN_BYTES
+        s.memory.interval_s = 3600.0  # what the search leaves cached is not trimmed away before it is measured
+        s.append({"span_log": first.slice(0, 10)}, timeout=WAIT_S)
+        s.flush()
+        assert s.memory.spared_reads == 1 and s.memory.spared_reruns == 0
+        assert memory(s, "BASE_TABLE") <= SPARING_ROOM_BYTES + MARGIN_BYTES
+        assert s.query("SELECT count(*), count(DISTINCT span_id) FROM span_copies").rows == [(20, 10)]

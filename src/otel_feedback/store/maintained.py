@@ -68,7 +68,9 @@ copy only, as it keeps that copy's attributes.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from hashlib import blake2b
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -91,6 +93,8 @@ _SPAN_HASH = "hash(trace_id, span_id)"
 _FEEDBACK_LEAST = 1 << 16
 """The feedback ids' first filter: 64 k keys (192 KB); feedback comes in far smaller numbers than spans."""
 _CANDIDATES = "__otel_feedback_candidates"
+Sparing = Callable[[Callable[[], list[Any]]], list[Any]]
+"""Runs a search of a log with what it reads kept out of DuckDB's cache (:meth:`.memory.MemoryGovernor.sparing`)."""
 _NS = pa.timestamp("ns")
 _M64 = (1 << 64) - 1
 
@@ -294,19 +298,24 @@ def _root_sources(traces: bool, values: bool) -> str | None:
 
 
 def copies(
-    con: duckdb.DuckDBPyConnection, inserted: dict[str, tuple[str, pa.Table]], known: Known
+    con: duckdb.DuckDBPyConnection,
+    inserted: dict[str, tuple[str, pa.Table]],
+    known: Known,
+    spare: Sparing | None = None,
 ) -> dict[str, pa.Table]:
     """The rows to add to ``span_copies`` and ``feedback_copies`` for this transaction's rows (``inserted``: table
     -> registered view name and Arrow table, as :func:`statements` takes them), by table name; only those with
     rows. When copies of one span in the batch share a ``received_at`` with another copy, the later ones move on
     1 ns each: the batch's ``span_log`` rows come back too, changed, to append instead. Run under
-    ``known.writing``, before the transaction: it reads the logs as the transaction will find them."""
+    ``known.writing``, before the transaction: it reads the logs as the transaction will find them. ``spare`` runs
+    the search of ``span_log`` (all its ids, for the few keys the filter could not rule out) with what it reads
+    kept out of DuckDB's cache (:meth:`.memory.MemoryGovernor.sparing`); without it, the search just runs."""
     out: dict[str, pa.Table] = {}
     if "span_log" in inserted:
         view, table = inserted["span_log"]
         found = known.spans.add(con.sql(f"SELECT {_SPAN_HASH} FROM {view}").to_arrow_table().column(0))
         if found:
-            rows, moved = _span_copies(con, table, found)
+            rows, moved = _span_copies(con, table, found, spare)
             if moved is not table:
                 out["span_log"] = moved
             if rows.num_rows:
@@ -345,19 +354,24 @@ def _stored(con: duckdb.DuckDBPyConnection, sql: str, keys: pa.Table) -> list[tu
         con.unregister(_CANDIDATES)
 
 
-def _span_copies(con: duckdb.DuckDBPyConnection, table: pa.Table, found: list[int]) -> tuple[pa.Table, pa.Table]:
+def _span_copies(
+    con: duckdb.DuckDBPyConnection, table: pa.Table, found: list[int], spare: Sparing | None
+) -> tuple[pa.Table, pa.Table]:
     trace_ids, span_ids = table.column("trace_id"), table.column("span_id")
     keys = {(trace_ids[i].as_py(), span_ids[i].as_py()) for i in found}
     wanted = pa.table({"trace_id": [k[0] for k in keys], "span_id": [k[1] for k in keys]})
-    # every stored copy of these spans, and those already written down
-    stored = _stored(
-        con,
-        "SELECT s.trace_id, s.span_id, epoch_ns(s.received_at), s.status_code, s.annotation_carrier, false\n"
-        f"FROM span_log s SEMI JOIN {_CANDIDATES} c USING (trace_id, span_id)\nUNION ALL\n"
-        "SELECT s.trace_id, s.span_id, epoch_ns(s.received_at), s.status_code, s.annotation_carrier, true\n"
-        f"FROM span_copies s SEMI JOIN {_CANDIDATES} c USING (trace_id, span_id)",
-        wanted,
-    )
+
+    def search() -> list[tuple]:  # every stored copy of these spans, and those already written down
+        return _stored(
+            con,
+            "SELECT s.trace_id, s.span_id, epoch_ns(s.received_at), s.status_code, s.annotation_carrier, false\n"
+            f"FROM span_log s SEMI JOIN {_CANDIDATES} c USING (trace_id, span_id)\nUNION ALL\n"
+            "SELECT s.trace_id, s.span_id, epoch_ns(s.received_at), s.status_code, s.annotation_carrier, true\n"
+            f"FROM span_copies s SEMI JOIN {_CANDIDATES} c USING (trace_id, span_id)",
+            wanted,
+        )
+
+    stored = search() if spare is None else spare(search)
     old: dict[tuple[str, str], dict[int, tuple[str, bool | None]]] = {}
     noted: dict[tuple[str, str], set[int]] = {}
     for trace_id, span_id, at, status, carrier, listed in stored:

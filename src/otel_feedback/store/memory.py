@@ -82,6 +82,10 @@ LOWER_RETRY_S = 0.25
 WRITE_WAIT_S = 30.0
 """Longest an append waits for queries to release memory before it is tried regardless."""
 
+SPARING_ROOM_BYTES = 16 << 20
+"""Room a sparing read (:meth:`MemoryGovernor.sparing`) gets above what DuckDB holds besides cached blocks and
+``keep``: a scan needs a few blocks per thread, a semi join's hash table of a few keys less than 1 MB."""
+
 MARGIN_BYTES = 4 << 20
 """Room a trim leaves above what DuckDB holds besides cached blocks and ``keep``: a few blocks of the file under
 that tag are not evictable (seen: 0.8 MB in a new file), and without room for them DuckDB meets the lower limit by
@@ -124,12 +128,17 @@ class MemoryGovernor:
         self._last_trim = 0.0
         self._trim_now = False  # a checkpoint wrote blocks: trim without waiting for the interval (checkpointed)
         self._last_read = 0.0  # when the last query ended
+        self._spared = False  # DuckDB's limit is lowered for a sparing read (see sparing)
         self._hungry: OrderedDict[str, None] = OrderedDict()  # queries that needed more than the target
         self._threads: tuple[int, int] | None = None  # (writer alone, while queries run), see use_threads
         self._threads_busy = False  # DuckDB has the query threads now
         self.wake: Callable[[], None] | None = None
         """Called when the last running query ends (a trim becomes due): the writer thread waits on it."""
         self.trims = 0
+        self.spared_reads = 0
+        """Reads run with the limit lowered (:meth:`sparing`)."""
+        self.spared_reruns = 0
+        """Of those, the ones that ran out of memory there and ran again within the target."""
         self.escalations = 0
         """Queries run within the limit: again after running out within the target, or at once when remembered."""
         self.reruns = 0
@@ -147,6 +156,8 @@ class MemoryGovernor:
         """Around a query: no trim runs until it ends; DuckDB has its query threads from its start (:meth:`use_threads`)."""
         with self._lock:
             self._readers += 1
+            if self._spared:  # a sparing read's lowered limit is not the queries': the target back first
+                self._unspare()
             if self._threads is not None and not self._threads_busy:
                 self._set_threads(self._threads[1])
                 self._threads_busy = True
@@ -370,6 +381,51 @@ class MemoryGovernor:
             self.trim(con)
         if self._threads_in() == 0.0:
             self._quiet_threads()
+
+    def sparing(self, con: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:
+        """``work()``: a read on the writer thread, between transactions, that scans much of the file once and
+        needs none of it again, run with DuckDB's limit lowered to what it holds besides cached blocks, plus
+        ``keep`` and :data:`SPARING_ROOM_BYTES`: the scan evicts the blocks it has read as it goes, instead of
+        filling the cache up to the target. It is for the search for earlier copies of spans that the filter
+        could not rule out (:mod:`.maintained`), a few times a minute under ingest: it reads the ids of all of
+        ``span_log``, which took DuckDB's allocations from ~20 to ~120 MB for the moment between it and the next
+        trim (at 2.7 M spans; the server's highest memory under ingest, ~350 MB in the benchmark). Run as it is
+        while queries run (their cache is theirs) or the limit is raised; a query that starts meanwhile sets the
+        target back first (raising is safe from any thread). A read that runs out of memory in the lowered limit
+        runs again within the target."""
+        with self._lock:
+            if self._readers or self._raised or self._escalated:
+                lowered = False
+            else:
+                try:
+                    room = self._held(con) + self.keep_bytes + SPARING_ROOM_BYTES
+                    con.execute(f"SET memory_limit = '{room}B'")
+                except duckdb.Error as exc:  # more is pinned than that: run within the target
+                    _log.debug("otel-feedback: could not lower the limit for a sparing read: %s", exc)
+                    con.execute(f"SET memory_limit = '{self.target}'")
+                    lowered = False
+                else:
+                    self._spared = lowered = True
+                    self.spared_reads += 1
+        if not lowered:
+            return work()
+        try:
+            return work()
+        except duckdb.OutOfMemoryException:
+            with self._lock:
+                self._unspare()
+                self.spared_reruns += 1
+            return work()
+        finally:
+            with self._lock:
+                self._unspare()
+
+    def _unspare(self) -> None:
+        """Under ``_lock``: the target back after a sparing read (once: by its end, or by a query that started)."""
+        if self._spared:
+            self._set(self.target)
+            self._spared = False
+            self._dirty = True  # what the read left cached goes at the next trim
 
     def trim(self, con: duckdb.DuckDBPyConnection) -> int:
         """Evict cached blocks beyond ``keep_bytes`` (and :data:`MARGIN_BYTES`) unless a query is running; the

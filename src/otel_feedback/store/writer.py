@@ -697,9 +697,12 @@ class Writer:
     def _insert(self, jobs: list[_Job]) -> None:
         tables = [j.tables for j in jobs if j.tables]
         if self._journal is not None:  # seq was given at journal time (by the journal thread, which owns _next_seq)
-            insert(self._con, tables, lsn=jobs[-1].lsn, known=self._known)
+            insert(self._con, tables, lsn=jobs[-1].lsn, known=self._known, spare=self._spare)
         else:
-            self._next_seq = insert(self._con, tables, self._next_seq, known=self._known)
+            self._next_seq = insert(self._con, tables, self._next_seq, known=self._known, spare=self._spare)
+
+    def _spare(self, search: Callable[[], list[Any]]) -> list[Any]:
+        return search() if self._memory is None else self._memory.sparing(self._con, search)
 
 
 def _with_seq(table: pa.Table, first: int) -> pa.Table:
@@ -718,6 +721,7 @@ def insert(
     lsn: int | None = None,
     *,
     known: maintained.Known,
+    spare: maintained.Sparing | None = None,
 ) -> int:
     """Append the jobs' tables in one transaction, with the tables kept beside them (:mod:`.maintained`, as
     ``known`` says they need) and ``lsn`` recorded as applied; the next feedback ``seq``.
@@ -729,9 +733,10 @@ def insert(
     ``_KEEP_REGISTERED_BYTES``). A one-row feedback apply took 6.4-6.9 ms as separate calls, 5.6-6.0 ms this way
     (2 M spans in the file). DuckDB refuses register() while the connection's last result is unfinished (a
     ``fetchone()`` that left rows; a later ``execute`` ends it): the statements that run right before inserts on
-    this connection, the replay's and the Writer's opening query, read with ``fetchall()``."""
+    this connection, the replay's and the Writer's opening query, read with ``fetchall()``. ``spare`` runs the search for
+    earlier copies of spans (before the transaction) keeping what it reads out of DuckDB's cache."""
     with known.writing:
-        return _insert(con, jobs, next_seq, lsn, known)
+        return _insert(con, jobs, next_seq, lsn, known, spare)
 
 
 def _insert(
@@ -740,6 +745,7 @@ def _insert(
     next_seq: int,
     lsn: int | None,
     known: maintained.Known,
+    spare: maintained.Sparing | None,
 ) -> int:
     statements = ["BEGIN TRANSACTION"]
     registered: list[tuple[str, int]] = []
@@ -766,7 +772,7 @@ def _insert(
             stage(name, table)
         # the tables kept beside the logs (store/maintained.py), in the same transaction: the copies (and the
         # span rows again if copies of one span had to move apart), then the statements
-        for name, table in maintained.copies(con, inserted, known).items():
+        for name, table in maintained.copies(con, inserted, known, spare).items():
             stage(name, table)
         statements.extend(maintained.statements(inserted.get("span_log"), inserted.get("feedback_log"), known))
         if lsn is not None:
