@@ -386,3 +386,35 @@ def test_kill9_with_retried_spans_and_records_keeps_their_copies(tmp_path: Path)
         assert store.query("SELECT count(*) FROM feedback_copies").rows == [(12,)]
         ties = "SELECT count(*) FROM (SELECT trace_id, span_id, received_at FROM span_log GROUP BY ALL HAVING count(*) > 1)"
         assert store.query(ties).rows == [(0,)]
+
+
+def test_checkpoints_go_on_while_a_query_older_than_the_last_apply_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each apply records its journal LSN; DuckDB refuses a CHECKPOINT while a transaction older than an UPDATE's
+    commit runs, so the record must not be an UPDATE: with one, every checkpoint failed for as long as any query
+    ran beside ingest (a streamed result holds its query's transaction open here)."""
+    with Store(tmp_path / "busy.duckdb", checkpoint_threshold="1KB") as store:
+        writer = store.writer
+        assert writer is not None
+        store.append({"span_log": span_table(2_000, "a")})
+        store.flush()
+        _, _, chunks = store.stream("SELECT span_id FROM span_log", chunk_rows=100)
+        try:
+            assert len(next(chunks)) == 100  # the query runs, from before the applies below
+            before = writer.stats.checkpoints
+            for i in range(3):
+                store.append({"span_log": span_table(50, f"b{i}")})
+                store.flush()
+            deadline = time.monotonic() + WAIT_S
+            while writer.stats.checkpoints < before + 3:
+                assert time.monotonic() < deadline, (writer.stats.checkpoints, writer._checkpoint_error)
+                time.sleep(0.05)
+            assert writer._checkpoint_error is None
+            assert sum(len(c) for c in chunks) == 1_900  # the query saw the file as it was when it started
+        finally:
+            chunks.close()
+        assert "checkpoint failed" not in caplog.text
+        assert count(store) == 2_150
+    with Store(tmp_path / "busy.duckdb") as again:
+        assert again.query("SELECT applied_lsn FROM _journal").rows == [(4,)]

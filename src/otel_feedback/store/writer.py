@@ -776,7 +776,7 @@ def _insert(
             stage(name, table)
         statements.extend(maintained.statements(inserted.get("span_log"), inserted.get("feedback_log"), known))
         if lsn is not None:
-            statements.append(f"UPDATE _journal SET applied_lsn = {int(lsn)}")
+            statements.extend(applied_statements(lsn))
         statements.append("COMMIT")
         con.execute(";\n".join(statements))
     except Exception:
@@ -797,6 +797,20 @@ def _insert(
     return next_seq
 
 
+def applied_statements(lsn: int) -> list[str]:
+    """The statements that record journal record ``lsn`` as applied in ``_journal`` (one row: the last LSN applied;
+    an LSN lower than the one recorded changes nothing). Its row is replaced by a DELETE and an INSERT, not
+    UPDATEd: DuckDB refuses a CHECKPOINT while a transaction older than an UPDATE's commit is still running ("there
+    are other write transactions active"), so every apply's UPDATE made the writer's checkpoints fail for as long
+    as any query ran (99-214 failed checkpoints in a benchmark run, all while its queries ran beside ingest: rows
+    not checkpointed piled up in memory and the log filled with errors). Inserts and deletes do not hold it back."""
+    n = int(lsn)
+    return [
+        f"DELETE FROM _journal WHERE applied_lsn < {n}",
+        f"INSERT INTO _journal SELECT {n} WHERE NOT EXISTS (FROM _journal)",
+    ]
+
+
 def set_aside(
     con: duckdb.DuckDBPyConnection, journal: Journal, lsn: int, tables: Mapping[str, pa.Table], error: Exception
 ) -> None:
@@ -811,7 +825,7 @@ def set_aside(
             f.flush()
             os.fsync(f.fileno())
     _log.error("otel-feedback: journal record %d was refused (%s); its rows are kept in %s", lsn, error, path)
-    con.execute("UPDATE _journal SET applied_lsn = greatest(applied_lsn, ?)", [lsn])
+    con.execute("BEGIN TRANSACTION;\n" + ";\n".join(applied_statements(lsn)) + ";\nCOMMIT")
 
 
 def replay(
