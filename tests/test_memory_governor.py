@@ -219,7 +219,7 @@ def test_idle_cache_setting() -> None:
 
 
 def test_memory_settings() -> None:
-    assert Settings.load(env={}).memory_target == "128MB"
+    assert Settings.load(env={}).memory_target == "96MB"
     assert Settings.load(env={"OTEL_FEEDBACK_MEMORY_TARGET": "1GB"}).memory_target == "1GB"
     with pytest.raises(ConfigError, match="OTEL_FEEDBACK_MEMORY_TARGET must be a size"):
         Settings.load(env={"OTEL_FEEDBACK_MEMORY_TARGET": "-1"})
@@ -554,3 +554,95 @@ def test_the_search_for_copies_of_spans_is_a_sparing_read(tmp_path: Path) -> Non
         assert s.memory.spared_reads == 1 and s.memory.spared_reruns == 0
         assert memory(s, "BASE_TABLE") <= SPARING_ROOM_BYTES + MARGIN_BYTES
         assert s.query("SELECT count(*), count(DISTINCT span_id) FROM span_copies").rows == [(20, 10)]
+
+
+def test_an_append_short_of_room_beside_queries_waits_for_them_once_per_run_of_queries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rather than take the limit (which lets the queries' cache grow past the target too), an append or a
+    checkpoint short of room waits for the running queries to end; once a wait in a run of queries ran out, the
+    rest of that run gets the limit at once (a long query must not slow every append by the wait)."""
+    from otel_feedback.store import memory as mem
+
+    con = duckdb.connect(str(tmp_path / "patience.duckdb"))
+    try:
+        gov = MemoryGovernor("64MB", "512MB", 0, con.cursor)
+        con.execute("SET memory_limit = '64MB'")
+        # what DuckDB holds besides its cache (set here to drive each branch): the queries' 30 MB and the writer's 10
+        monkeypatch.setattr(MemoryGovernor, "_held", staticmethod(lambda c: (40 if gov.readers else 10) * MB))
+
+        def limit_inside(room: Callable[[], Any]) -> tuple[str, float]:
+            started = time.monotonic()
+            with room():
+                return str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]), (
+                    time.monotonic() - started
+                )
+
+        def append() -> Any:
+            return gov.room_to_write(con, 10 * MB)  # 3 x 10 MB does not fit beside 40 MB within 64MB
+
+        def checkpoint() -> Any:
+            return gov.room_to_checkpoint(con)
+
+        def query_for(seconds: float) -> threading.Event:
+            started = threading.Event()
+
+            def run() -> None:
+                with gov.reading():
+                    started.set()
+                    time.sleep(seconds)
+
+            threading.Thread(target=run, daemon=True).start()
+            assert started.wait(WAIT_S)
+            return started
+
+        monkeypatch.setattr(mem, "WRITE_PATIENCE_S", 10.0)
+        for room in (append, checkpoint):  # the query ends during the wait: within the target
+            query_for(0.3)
+            limit, waited = limit_inside(room)
+            assert limit == shown("64MB") and 0.2 < waited < 5, (room, waited)
+        assert (gov.write_waits, gov.write_escalations) == (2, 0)
+
+        monkeypatch.setattr(mem, "WRITE_PATIENCE_S", 0.3)
+        with gov.reading():  # a query that outlasts the wait: the limit, at once for the rest of its run
+            limit, waited = limit_inside(append)
+            assert limit == shown("512MB") and waited >= 0.3
+            for room in (append, checkpoint):
+                limit, waited = limit_inside(room)
+                assert limit == shown("512MB") and waited < 0.2
+            assert (gov.write_waits, gov.write_escalations) == (3, 3)
+        with gov.reading():  # the next run of queries is waited for again
+            assert limit_inside(append)[1] >= 0.3
+        assert gov.write_waits == 4
+    finally:
+        con.close()
+
+
+def test_queries_wait_for_the_writer_before_they_count_as_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query waits until DuckDB has what was acknowledged before it, and only then counts as running: counted while
+    it waited, it would keep the append it waits for waiting for it (an append short of room beside running
+    queries waits for them to end)."""
+    from otel_feedback.client import Source
+
+    with open_store(tmp_path / "order.duckdb", "16MB") as s:
+        assert s.memory is not None
+        gov = s.memory
+        ingest(s, 1, rows=100)
+        real = Store._wait_applied
+        readers_then: list[int] = []
+
+        def wait_applied(self: Store) -> None:
+            readers_then.append(gov.readers)
+            real(self)
+
+        monkeypatch.setattr(Store, "_wait_applied", wait_applied)
+        assert s.query("SELECT count(*) FROM span_log").rows == [(100,)]
+        assert s.arrow("SELECT count(*) AS n FROM span_log").to_pylist() == [{"n": 100}]
+        _, _, chunks = s.stream("SELECT span_id FROM span_log")
+        assert sum(len(c) for c in chunks) == 100
+        reader, _ = s.batches("SELECT span_id FROM span_log")
+        assert reader.read_all().num_rows == 100
+        assert Source(store=s).arrow("SELECT span_id FROM span_log").num_rows == 100
+        assert readers_then and set(readers_then) == {0}, readers_then

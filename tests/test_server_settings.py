@@ -14,11 +14,11 @@ from .conftest import make_server, sql
 
 
 def test_the_server_bounds_duckdb_memory(tmp_path: Path) -> None:
-    """DuckDB works within the target (128MB by default); the limit is what a query that needs more gets."""
+    """DuckDB works within the target (96MB by default); the limit is what a query that needs more gets."""
     srv = make_server(tmp_path / "m.duckdb", memory_limit="256MB")
     try:
         rows = sql(srv, "SELECT current_setting('memory_limit') AS m, current_setting('checkpoint_threshold') AS c")
-        assert rows[0]["m"] in ("128.0 MB", "122.0 MiB")
+        assert rows[0]["m"] in ("96.0 MB", "91.5 MiB")
         assert rows[0]["c"] in ("22.8 MiB", "24.0 MB")
         assert srv.store is not None and srv.store.memory is not None and srv.store.memory.limit == "256MB"
     finally:

@@ -375,7 +375,7 @@ class Source:
         statement = check_sql(sql, frozenset(duckdb.StatementType.__members__.values()))
 
         def work() -> pa.Table:
-            cur = self.store.cursor()
+            cur = self.store.cursor(wait=False)  # store.read waited first
             try:
                 rel = cur.sql(statement, params=params or None)
                 if rel is None:

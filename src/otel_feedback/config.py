@@ -85,9 +85,10 @@ the server's memory while queries run. Some queries need far more than their dat
 whatever its input: the report's ``judge_agreement`` ~150 MB on a 144-span file); those run again within the
 limit, in twice the time, and are remembered by their SQL, so that they run within the limit at once the next time. And what queries read is cached within it: a ``spans`` lookup by trace id reads ~30 MB
 of ids per million spans, which stops fitting beside the rows not yet checkpointed at around 1-2 M spans, and then
-every lookup reads them again (feedback-to-visible p50 ~5 ms slower at 1 M spans than at 512MB). Default ``128MB``
-(the benchmark's views over 2 M spans run within it); raise it for a large file when lookups must be fast, or set
-it to the limit to give every query the whole limit at once."""
+every lookup reads them again (feedback-to-visible p50 ~5 ms slower at 1 M spans than at 512MB). Default ``96MB``
+(the benchmark's views over 2.9 M spans run within it, ``feedback_by_hour`` and ``worst_traces`` in-process as fast
+as at 128MB: 0.21 and 0.41 s, and within 80MB 20 % and 10 % slower); raise it for a large file when lookups must
+be fast, or set it to the limit to give every query the whole limit at once."""
 
 OTEL_FEEDBACK_IDLE_CACHE = "OTEL_FEEDBACK_IDLE_CACHE"
 """How much of DuckDB's cache of the file ``serve`` keeps while no query runs. DuckDB keeps the blocks it writes
@@ -188,7 +189,7 @@ class Settings:
     query_timeout_ms: int = 30_000
     forward_to: str | None = None
     memory_limit: str = "512MB"
-    memory_target: str = "128MB"
+    memory_target: str = "96MB"
     checkpoint_threshold: str = "24MB"
     idle_cache: str = "16MB"
     threads: int = 0

@@ -209,7 +209,7 @@ class QueryEndpoint:
         as a query of the store (run again with the whole memory limit if it ran out within the target)."""
 
         def work() -> Any:
-            cur = self.store.cursor()
+            cur = self.store.cursor(wait=False)  # store.read waited first
             try:
                 statement = self._statement(cur, sql)
                 cur.execute("BEGIN TRANSACTION")

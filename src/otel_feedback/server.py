@@ -292,7 +292,8 @@ class Server:
                     f"otel-feedback: DuckDB's cache trimmed {memory.trims:,} times ({memory.evicted_bytes / 1e6:,.0f} MB "
                     f"handed back, {memory.trim_seconds:,.1f} s, the longest {memory.longest_trim_seconds * 1000:,.0f} "
                     f"ms); past the {memory.target} target to {memory.limit} for {memory.escalations:,} queries "
-                    f"({memory.reruns:,} of them run again) and {memory.write_escalations:,} appends beside queries; "
+                    f"({memory.reruns:,} of them run again) and {memory.write_escalations:,} appends beside queries "
+                    f"({memory.write_waits:,} waits for queries to end first, {memory.write_wait_seconds:,.1f} s); "
                     f"{memory.spared_reads:,} searches for copies of spans kept out of the cache "
                     f"({memory.spared_reruns:,} run again within the target)"
                 )

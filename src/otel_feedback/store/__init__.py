@@ -394,10 +394,14 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
+    def cursor(self, *, wait: bool = True) -> duckdb.DuckDBPyConnection:
         """A connection of its own for reading on the calling thread (close it when done). It sees every write
-        acknowledged before the call: with the journal, this waits until DuckDB has them (a commit's time)."""
-        self._wait_applied()
+        acknowledged before the call: with the journal, this waits until DuckDB has them (a commit's time).
+        ``wait=False`` inside :meth:`read` (which waited already, before the query counted as running: a query
+        waiting for the writer while it counts as running would keep an append short of room waiting for it,
+        :data:`.memory.WRITE_PATIENCE_S`)."""
+        if wait:
+            self._wait_applied()
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the store is closed")
@@ -420,11 +424,11 @@ class Store:
         """``work()``, a query on cursors of this store, under :meth:`reading`; where DuckDB runs within a memory
         target, once more with the whole limit if it raised :class:`QueryOutOfMemory` (and, given its ``sql``,
         within the limit at once the next time)."""
-        if self.memory is None:
-            return work()
         # Waiting for the writer first: a query counts as running only once it runs, so the append it waits for
         # does not make room beside it (and a trim due right after that append is not held back by it).
         self._wait_applied()
+        if self.memory is None:
+            return work()
         return self.memory.run(work, QueryOutOfMemory, key=sql)
 
     def query(
@@ -438,7 +442,7 @@ class Store:
         """Run one statement on a fresh cursor and return its rows."""
 
         def work() -> _query.Result:
-            cur = self.cursor()
+            cur = self.cursor(wait=False)
             try:
                 return _query.run(cur, sql, params, max_rows=max_rows, timeout_ms=timeout_ms)
             finally:
@@ -450,7 +454,7 @@ class Store:
         """The full result of one statement as an Arrow table."""
 
         def work() -> pa.Table:
-            cur = self.cursor()
+            cur = self.cursor(wait=False)
             try:
                 return cur.sql(sql, params=params or None).to_arrow_table()
             except duckdb.Error as exc:
@@ -465,9 +469,10 @@ class Store:
     ) -> tuple[list[str], list[str], Any]:
         """Columns, DuckDB type names and an iterator of row chunks (holds a cursor, and counts as a running query,
         until exhausted or closed)."""
+        self._wait_applied()
         with contextlib.ExitStack() as running:
             running.enter_context(self.reading())
-            columns, types, chunks = _query.stream(self.cursor(), sql, params, chunk_rows=chunk_rows)
+            columns, types, chunks = _query.stream(self.cursor(wait=False), sql, params, chunk_rows=chunk_rows)
             return columns, types, _until_done(chunks, running.pop_all())
 
     def batches(
@@ -475,9 +480,10 @@ class Store:
     ) -> tuple[pa.RecordBatchReader, list[str]]:
         """The result as a stream of Arrow record batches, and the names of its JSON-typed columns (counts as a
         running query until the reader is exhausted or closed)."""
+        self._wait_applied()
         with contextlib.ExitStack() as running:
             running.enter_context(self.reading())
-            cur = running.enter_context(contextlib.closing(self.cursor()))
+            cur = running.enter_context(contextlib.closing(self.cursor(wait=False)))
             try:
                 rel = cur.sql(sql, params=params or None)
                 json_cols = [name for name, t in zip(rel.columns, rel.types, strict=True) if str(t) == "JSON"]

@@ -79,6 +79,13 @@ HUNGRY_QUERIES = 256
 LOWER_RETRY_S = 0.25
 """How soon the writer tries again to lower a raised limit that running queries kept it from lowering."""
 
+WRITE_PATIENCE_S = 1.0
+"""How long an append or a checkpoint short of room beside running queries waits for them to end before it gets
+the limit, once per run of queries (from the first to start until none runs): a query that starts next first
+waits for what was acknowledged before it (the writer applies in between), so under queries one after another
+the writer rarely needs the limit at all; the limit lets the queries' cache grow past the target too (the
+server's highest memory in the benchmark came from appends beside its queries)."""
+
 WRITE_WAIT_S = 30.0
 """Longest an append waits for queries to release memory before it is tried regardless."""
 
@@ -120,7 +127,10 @@ class MemoryGovernor:
         self.grace_s = grace_s
         self._connect = connect
         self._lock = threading.Lock()
+        self._no_readers = threading.Condition(self._lock)  # notified when the last running query ends
         self._readers = 0
+        self._busy_runs = 0  # runs of queries so far (one starts when a query starts with none running)
+        self._patient_run = -1  # the run in which an append or checkpoint last waited (WRITE_PATIENCE_S)
         self._escalated = 0
         self._dirty = False  # something may have been cached since the last trim
         self._raised = False  # DuckDB's limit is ``limit`` (an escalation raised it; only the writer lowers it)
@@ -145,6 +155,9 @@ class MemoryGovernor:
         """Queries that ran out of memory within the target (and ran again)."""
         self.write_escalations = 0
         """Appends given the limit: for room beside queries, or after running out within the target."""
+        self.write_waits = 0
+        """Appends and checkpoints that waited for running queries to end (:data:`WRITE_PATIENCE_S`)."""
+        self.write_wait_seconds = 0.0
         self.evicted_bytes = 0
         self.trim_seconds = 0.0
         self.longest_trim_seconds = 0.0
@@ -155,6 +168,8 @@ class MemoryGovernor:
     def reading(self) -> Iterator[None]:
         """Around a query: no trim runs until it ends; DuckDB has its query threads from its start (:meth:`use_threads`)."""
         with self._lock:
+            if not self._readers:
+                self._busy_runs += 1
             self._readers += 1
             if self._spared:  # a sparing read's lowered limit is not the queries': the target back first
                 self._unspare()
@@ -169,6 +184,8 @@ class MemoryGovernor:
                 self._dirty = True
                 self._last_read = time.monotonic()
                 idle = self._readers == 0
+                if idle:
+                    self._no_readers.notify_all()
             if idle and self.wake is not None:
                 self.wake()
 
@@ -297,17 +314,23 @@ class MemoryGovernor:
 
     def room_to_write(self, con: duckdb.DuckDBPyConnection, nbytes: int) -> AbstractContextManager[None]:
         """Before an append of ``nbytes`` of Arrow on the writer thread: nothing to do while no query runs
-        (only cached blocks, which DuckDB drops for the writer, and the writer's own rows are in memory); else
-        :meth:`escalated` when the current limit leaves too little room beside what is held, after waiting (up to
-        :data:`WRITE_WAIT_S`) for the queries if even the ceiling does."""
+        (only cached blocks, which DuckDB drops for the writer, and the writer's own rows are in memory); else,
+        when the current limit leaves too little room beside what is held, a wait for the queries to end (up to
+        :data:`WRITE_PATIENCE_S`, once per run of queries), then :meth:`escalated`, after waiting (up to
+        :data:`WRITE_WAIT_S`) for the queries if even the ceiling has too little room."""
         if not self._readers:
             return nullcontext()
         need = max(WRITE_ROOM_BYTES, 3 * nbytes)
         deadline = time.monotonic() + WRITE_WAIT_S
+        waited = False
         while True:
             held = self._held(con)
             if self._current_bytes() - held >= need or not self._readers:
                 return nullcontext()
+            if not waited:
+                waited = True
+                if self._wait_for_queries():
+                    continue
             if self.can_escalate and self._limit_bytes - held >= need:
                 return self.escalated(write=True)
             if time.monotonic() >= deadline:
@@ -323,10 +346,28 @@ class MemoryGovernor:
         """Before the writer's CHECKPOINT: :meth:`escalated` when the current limit leaves less than
         :data:`WRITE_ROOM_BYTES` beside what DuckDB holds. A checkpoint that runs out of memory ("failed to pin
         block") invalidates the whole database until it is opened again (seen in the test suite, at a 2 MB limit
-        set by hand); at the default 128 MB target one never needs the limit."""
+        set by hand). Short of room beside running queries, it waits for them first, as an append does."""
         if not self.can_escalate or self._current_bytes() - self._held(con) >= WRITE_ROOM_BYTES:
             return nullcontext()
+        if self._wait_for_queries() and self._current_bytes() - self._held(con) >= WRITE_ROOM_BYTES:
+            return nullcontext()
         return self.escalated(write=True)
+
+    def _wait_for_queries(self) -> bool:
+        """On the writer thread, short of room beside running queries: wait until none runs, up to
+        :data:`WRITE_PATIENCE_S`, unless a wait in this run of queries already ran out (a long query, or queries
+        that never stop: the next appends get the limit at once). Whether it waited."""
+        with self._lock:
+            if not self._readers or self._patient_run == self._busy_runs:
+                return False
+            self._patient_run = self._busy_runs
+            started = time.monotonic()
+            until = started + WRITE_PATIENCE_S
+            while self._readers and (left := until - time.monotonic()) > 0:
+                self._no_readers.wait(left)
+            self.write_waits += 1
+            self.write_wait_seconds += time.monotonic() - started
+        return True
 
     def _current_bytes(self) -> int:
         """DuckDB's limit now: the whole limit while raised, else the target (as :meth:`lower` and trims set it)."""
