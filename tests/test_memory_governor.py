@@ -646,3 +646,34 @@ def test_queries_wait_for_the_writer_before_they_count_as_running(
         assert reader.read_all().num_rows == 100
         assert Source(store=s).arrow("SELECT span_id FROM span_log").num_rows == 100
         assert readers_then and set(readers_then) == {0}, readers_then
+
+
+def test_no_sparing_read_lowers_the_limit_under_a_second_writer_of_the_file(tmp_path: Path) -> None:
+    """A second read-write Store of the file in the process appends without asking the governor for room: a limit
+    lowered under its commit could leave that commit short (fatal to DuckDB), so sparing reads run as they are
+    and the cache is not trimmed (it stays within the target) while it is open."""
+    path = tmp_path / "two.duckdb"
+    with open_store(path, "0MB") as first:
+        assert first.memory is not None
+        gov = first.memory
+
+        def spared_read() -> int:
+            before = gov.spared_reads
+            first.call(lambda con: gov.sparing(con, lambda: con.execute("SELECT 1").fetchall()))
+            return gov.spared_reads - before
+
+        second = Store(path, memory_limit="256MB", memory_target="64MB", idle_cache="0MB")
+        try:
+            assert gov.other_writers == 1
+            assert spared_read() == 0
+            trims = gov.trims
+            first.call(lambda con: gov.trim(con))  # nor does a trim
+            assert gov.trims == trims
+        finally:
+            second.close()
+        assert gov.other_writers == 0
+        reader = Store(path, read_only=True)  # a reader appends nothing
+        try:
+            assert spared_read() == 1
+        finally:
+            reader.close()

@@ -345,6 +345,8 @@ class Store:
                 )
                 if wal is not None:
                     _LIVE_WRITERS[_key(self.path)] = self.writer
+                if self.memory is not None and not governs:  # its appends do not ask the governor for room
+                    self.memory.other_writers += 1
         except BaseException:
             self._con.close()
             _release(self.path, self._instance)
@@ -503,6 +505,8 @@ class Store:
         done = True
         if self.writer is not None:
             done = self.writer.close(timeout_millis)
+            if self.memory is not None and self.writer._memory is None:
+                self.memory.other_writers -= 1
             if _LIVE_WRITERS.get(_key(self.path)) is self.writer:
                 del _LIVE_WRITERS[_key(self.path)]
             if not done:

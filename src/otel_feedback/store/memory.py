@@ -139,6 +139,9 @@ class MemoryGovernor:
         self._trim_now = False  # a checkpoint wrote blocks: trim without waiting for the interval (checkpointed)
         self._last_read = 0.0  # when the last query ended
         self._spared = False  # DuckDB's limit is lowered for a sparing read (see sparing)
+        self.other_writers = 0
+        """Writers of the instance this governor does not hear from (a second read-write Store of the file in the
+        process: its appends ask no room), while open: no sparing read lowers the limit under them."""
         self._hungry: OrderedDict[str, None] = OrderedDict()  # queries that needed more than the target
         self._threads: tuple[int, int] | None = None  # (writer alone, while queries run), see use_threads
         self._threads_busy = False  # DuckDB has the query threads now
@@ -432,10 +435,10 @@ class MemoryGovernor:
         ``span_log``, which took DuckDB's allocations from ~20 to ~120 MB for the moment between it and the next
         trim (at 2.7 M spans; the server's highest memory under ingest, ~350 MB in the benchmark). Run as it is
         while queries run (their cache is theirs) or the limit is raised; a query that starts meanwhile sets the
-        target back first (raising is safe from any thread). A read that runs out of memory in the lowered limit
-        runs again within the target."""
+        target back first (raising is safe from any thread). Nor while another writer of the instance is open
+        (:attr:`other_writers`). A read that runs out of memory in the lowered limit runs again within the target."""
         with self._lock:
-            if self._readers or self._raised or self._escalated:
+            if self._readers or self._raised or self._escalated or self.other_writers:
                 lowered = False
             else:
                 try:
@@ -475,6 +478,9 @@ class MemoryGovernor:
         with self._lock:  # a query that starts now waits until the limit is back
             if self._readers:
                 return 0  # the last one to end marks the next trim due
+            if self.other_writers:  # their commits ask no room: the cache stays within the target meanwhile
+                self._dirty = False
+                return 0
             self._dirty = False
             self._trim_now = False
             self._last_trim = started = time.monotonic()
