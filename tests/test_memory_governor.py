@@ -598,21 +598,21 @@ def test_an_append_short_of_room_beside_queries_waits_for_them_once_per_run_of_q
 
         monkeypatch.setattr(mem, "WRITE_PATIENCE_S", 10.0)
         for room in (append, checkpoint):  # the query ends during the wait: within the target
-            query_for(0.3)
+            query_for(1.0)
             limit, waited = limit_inside(room)
-            assert limit == shown("64MB") and 0.2 < waited < 5, (room, waited)
+            assert limit == shown("64MB") and waited < 5, (room, waited)
         assert (gov.write_waits, gov.write_escalations) == (2, 0)
 
-        monkeypatch.setattr(mem, "WRITE_PATIENCE_S", 0.3)
+        monkeypatch.setattr(mem, "WRITE_PATIENCE_S", 1.0)
         with gov.reading():  # a query that outlasts the wait: the limit, at once for the rest of its run
             limit, waited = limit_inside(append)
-            assert limit == shown("512MB") and waited >= 0.3
+            assert limit == shown("512MB") and waited >= 1.0
             for room in (append, checkpoint):
                 limit, waited = limit_inside(room)
-                assert limit == shown("512MB") and waited < 0.2
+                assert limit == shown("512MB") and waited < 0.5
             assert (gov.write_waits, gov.write_escalations) == (3, 3)
         with gov.reading():  # the next run of queries is waited for again
-            assert limit_inside(append)[1] >= 0.3
+            assert limit_inside(append)[1] >= 1.0
         assert gov.write_waits == 4
     finally:
         con.close()
