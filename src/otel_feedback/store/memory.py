@@ -39,13 +39,17 @@ into the table as fatal (the database is invalidated until it is opened again; s
 queries of the ``spans`` view holding ~120 MB beside an apply). So:
 
 - while queries hold memory, an append starts only with room for it (:meth:`MemoryGovernor.room_to_write`):
-  the limit is raised for it, or, where even the ceiling has no room, the writer waits for the queries;
-- the limit is only ever lowered on the writer thread, between transactions (trims, and the end of an
-  escalation): raising it is safe from any thread, lowering it under a commit is not.
+  the writer first waits for the queries to end (up to :data:`WRITE_PATIENCE_S`, once per run of queries),
+  then the limit is raised for it, or, where even the ceiling has no room, the writer waits for the queries;
+- the limit is only ever lowered on the writer thread, between transactions (trims, the end of an escalation,
+  and sparing reads: :meth:`MemoryGovernor.sparing`), and never while another writer of the instance is open
+  (:attr:`MemoryGovernor.other_writers`): raising it is safe from any thread, lowering it under a commit is not.
 
 Measured with ``bench/memory.py`` (3 raw senders flat out): VmRSS under ingest p50 ~270-280 MB, p99 ~300-330 MB,
 where DuckDB's cache took it to ~450 MB and kept it there; the 128MB target against a 512MB one that is only
-trimmed: ~45 MB less at the median and ~90 MB less at the peak, for the same CPU per span.
+trimmed: ~45 MB less at the median and ~90 MB less at the peak, for the same CPU per span. With sparing reads, the
+writer's waits and the 96MB target (session 13): p50 ~251, p99 ~278 MB; in full benchmark runs 280-288 MB after
+ingest and 288-295 MB at the end, where the queries run beside ingest (338-341 before).
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ class MemoryGovernor:
         self._spared = False  # DuckDB's limit is lowered for a sparing read (see sparing)
         self.other_writers = 0
         """Writers of the instance this governor does not hear from (a second read-write Store of the file in the
-        process: its appends ask no room), while open: no sparing read lowers the limit under them."""
+        process: its appends ask no room), while open: no sparing read or trim lowers the limit under them."""
         self._hungry: OrderedDict[str, None] = OrderedDict()  # queries that needed more than the target
         self._threads: tuple[int, int] | None = None  # (writer alone, while queries run), see use_threads
         self._threads_busy = False  # DuckDB has the query threads now
