@@ -353,6 +353,7 @@ def test_an_append_beside_queries_that_hold_memory_gets_the_limit_or_waits(
         con.execute("SET memory_limit = '64MB'")
         held = {"bytes": 0}
         monkeypatch.setattr(MemoryGovernor, "_held", staticmethod(lambda c: held["bytes"]))
+        monkeypatch.setattr(mem, "WRITE_PATIENCE_S", 0.05)  # the query never ends here: its wait runs out at once
 
         def limit_inside(size: int) -> str:
             with gov.room_to_write(con, size):

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import duckdb
@@ -218,6 +219,8 @@ class Writer:
         self._apply_linger = apply_linger_s
         self._waiters = 0  # threads in wait_applied or flush: DuckDB applies at once for them
         self._memory = memory
+        # the search for earlier copies of spans keeps what it reads out of DuckDB's cache (store/maintained.py)
+        self._spare = None if memory is None else partial(memory.sparing, con)
         # Checkpoints the writer runs itself, where DuckDB writes no WAL (see checkpoint_bytes in the class doc).
         self._checkpoint_bytes = checkpoint_bytes
         self._checkpoint_idle = checkpoint_idle_s
@@ -700,9 +703,6 @@ class Writer:
             insert(self._con, tables, lsn=jobs[-1].lsn, known=self._known, spare=self._spare)
         else:
             self._next_seq = insert(self._con, tables, self._next_seq, known=self._known, spare=self._spare)
-
-    def _spare(self, search: Callable[[], list[Any]]) -> list[Any]:
-        return search() if self._memory is None else self._memory.sparing(self._con, search)
 
 
 def _with_seq(table: pa.Table, first: int) -> pa.Table:
